@@ -307,7 +307,9 @@ class AvroCodec:
                 "is configured"
             )
         try:
-            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+            schema = json.loads(self.registry.get_schema(schema_id).schema_str or "null")
+            if not isinstance(schema, dict):
+                raise DecodeError("not a named Avro record schema")
             parsed = fastavro.parse_schema(schema, _write_hint=False)
         except Exception as exc:
             raise DecodeError(f"schema id {schema_id} not readable from registry: {exc}") from exc

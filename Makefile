@@ -1,0 +1,53 @@
+# The README's two commands:
+#   make demo   set up, start the local stack and run the main job on it
+#   make test   set up and run the whole test suite (lint, types, unit, integration, e2e)
+# Both install what they need into .venv (uv keeps a wheel cache, so later runs are fast).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= dev
+
+.PHONY: setup demo test lint typecheck unit integration e2e down clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(BIN)/python
+	@bash infra/require-tools.sh
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.4,<1"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[$(EXTRAS)]'
+
+demo: EXTRAS = local
+demo: setup
+	$(BIN)/undertow demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow the package-dir mapping of the editable install, so it checks a tree of
+# links that mirrors the installed namespace.
+typecheck: setup
+	rm -rf build/typecheck && mkdir -p build/typecheck/undertow
+	ln -s $(CURDIR)/undertow/*.py build/typecheck/undertow/
+	for d in schemas streams services infra; do ln -s $(CURDIR)/$$d build/typecheck/undertow/$$d; done
+	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p undertow
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest tests/integration
+
+e2e: setup
+	$(BIN)/python -m pytest tests/e2e
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+down:
+	$(BIN)/undertow infra down
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

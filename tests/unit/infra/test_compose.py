@@ -1,0 +1,79 @@
+"""docker-compose.yml parses as `docker compose config` parses it, and keeps our rules.
+
+No Docker engine or compose plugin is needed: infra/composecheck is a small Go program over
+compose-go, the loader behind `docker compose config`. It is built once into the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+CHECKER_SRC = ROOT / "infra" / "composecheck"
+
+
+@pytest.fixture(scope="module")
+def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = shutil.which("go")
+    assert go, "Go is needed to build infra/composecheck (the compose-go loader); install golang"
+    out = tmp_path_factory.mktemp("composecheck") / "composecheck"
+    build = subprocess.run(
+        [go, "build", "-o", str(out), "."],
+        cwd=CHECKER_SRC,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, f"building composecheck failed:\n{build.stderr}"
+    return out
+
+
+def _config(checker: Path, *profiles: str, env: dict[str, str] | None = None) -> Any:
+    args = [str(checker), str(ROOT / "docker-compose.yml")]
+    for profile in profiles:
+        args += ["--profile", profile]
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")}
+    result = subprocess.run(
+        args, capture_output=True, text=True, cwd=ROOT, env={**clean_env, **(env or {})}
+    )
+    assert result.returncode == 0, f"docker-compose.yml does not load: {result.stderr}"
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_loads_with_every_profile(composecheck: Path) -> None:
+    config = _config(composecheck, "demo", "gpu")
+    assert set(config["services"]) == {"kafka", "clickhouse", "setup", "demo", "vllm"}
+    assert config["services"]["vllm"]["profiles"] == ["gpu"]
+    gpu = config["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+
+
+def test_default_profile_is_the_stack_without_gpu(composecheck: Path) -> None:
+    config = _config(composecheck)
+    assert set(config["services"]) == {"kafka", "clickhouse", "setup"}
+
+
+def test_every_published_port_is_on_loopback(composecheck: Path) -> None:
+    config = _config(composecheck, "demo", "gpu")
+    published = [
+        port for service in config["services"].values() for port in service.get("ports", [])
+    ]
+    assert published
+    assert all(port["host_ip"] == "127.0.0.1" for port in published), published
+
+
+def test_secrets_come_from_the_environment(composecheck: Path) -> None:
+    config = _config(composecheck, env={"CLICKHOUSE_PASSWORD": "s3cret-from-env"})
+    setup_env = config["services"]["setup"]["environment"]
+    assert setup_env["UNDERTOW_CLICKHOUSE_PASSWORD"] == "s3cret-from-env"
+    assert config["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"] == (
+        "s3cret-from-env"
+    )
+    assert setup_env["UNDERTOW_BOOTSTRAP_SERVERS"] == "kafka:9092"
