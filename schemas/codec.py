@@ -112,7 +112,7 @@ class SchemaStore:
             raise SchemaError(f"{path.name}: expected a name like 'event.v2.avsc'")
         try:
             schema = json.loads(path.read_text())
-            parsed = fastavro.parse_schema(schema, _write_hint=False)
+            parsed = fastavro.parse_schema(schema)
         except (json.JSONDecodeError, fastavro.schema.SchemaParseException) as exc:
             raise SchemaError(f"{path.name}: not a valid Avro schema: {exc}") from exc
         version = SchemaVersion(
@@ -310,7 +310,7 @@ class AvroCodec:
             schema = json.loads(self.registry.get_schema(schema_id).schema_str or "null")
             if not isinstance(schema, dict):
                 raise DecodeError("not a named Avro record schema")
-            parsed = fastavro.parse_schema(schema, _write_hint=False)
+            parsed = fastavro.parse_schema(schema)
         except Exception as exc:
             raise DecodeError(f"schema id {schema_id} not readable from registry: {exc}") from exc
         full_name = f"{schema.get('namespace', '')}.{schema.get('name', '')}".lstrip(".")
