@@ -108,7 +108,7 @@ class ManagedProcess:
         except json.JSONDecodeError as exc:
             raise InfraError(f"{self.record_path} is not valid JSON: {exc}") from exc
         record = ProcessRecord(**raw)
-        if pid_alive(record.pid):
+        if pid_alive(record.pid) and _runs(record.pid, record.details.get("marker")):
             return record
         self.record_path.unlink(missing_ok=True)
         return None
@@ -121,7 +121,11 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> ProcessRecord:
-        """Start ``argv`` detached in its own session, logging to ``log_path``."""
+        """Start ``argv`` detached in its own session, logging to ``log_path``.
+
+        The last argument that names the program (its main class or module) is kept as a
+        marker, so a later ``record()`` can tell our process from a stranger with its pid.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             try:
@@ -141,7 +145,7 @@ class ManagedProcess:
             pid=proc.pid,
             started_at=time.time(),
             ports=dict(ports),
-            details=dict(details or {}),
+            details={"marker": _marker(argv), **(details or {})},
         )
         tmp = self.record_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(asdict(record), indent=2))
@@ -178,6 +182,29 @@ class ManagedProcess:
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _marker(argv: Sequence[str]) -> str:
+    """The main class (``kafka.Kafka``) or module (``-m undertow.infra.warehouse``) in argv."""
+    for i, arg in enumerate(argv):
+        if arg == "-m" and i + 1 < len(argv):
+            return argv[i + 1]
+    for arg in argv[1:]:
+        if not arg.startswith("-") and "." in arg and "/" not in arg and "=" not in arg:
+            return arg
+    return Path(argv[0]).name
+
+
+def _runs(pid: int, marker: str | None) -> bool:
+    """True when ``pid``'s command line holds ``marker``: a pid reused by another program
+    after a reboot or a crash is not taken for our component."""
+    if not marker:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return marker.encode() in cmdline
 
 
 def _reap(pid: int) -> None:
