@@ -1,1 +1,1 @@
-"""Long-running services and libraries around the stream: SDK, gateway, warehouse client, workers."""
+"""Long-running services and libraries around the stream: SDK, gateway, warehouse, workers."""

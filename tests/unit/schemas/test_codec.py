@@ -9,6 +9,7 @@ from typing import Any
 
 import fastavro
 import pytest
+
 from undertow.schemas.codec import (
     SINGLE_OBJECT_MAGIC,
     AvroCodec,

@@ -16,6 +16,7 @@ import avro.schema
 import fastavro
 import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
 from undertow.schemas.codec import AVRO_DIR, default_store
 
 from .samples import sample_records

@@ -9,6 +9,7 @@ from typing import Any
 import avro.io
 import avro.schema
 import pytest
+
 from undertow.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, default_store
 
 from .samples import sample_records

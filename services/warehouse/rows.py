@@ -1,0 +1,145 @@
+"""Map decoded ``event`` records to rows of the ``events`` table and insert them.
+
+The table (``schemas/clickhouse/001_events.sql``) has envelope columns, then one group of
+columns per body type; a body fills its own group and leaves the others empty.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from undertow.schemas.events import event_body, event_type
+from undertow.services.warehouse import WarehouseError
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_type",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "event_time",
+    "app",
+    "environment",
+    "user_hash",
+    "session_hash",
+    "attributes",
+    "model",
+    "prompt_name",
+    "prompt_version",
+    "latency_ms",
+    "truncated",
+    "prompt_messages",
+    "template_variables",
+    "retrieval_query",
+    "retrieval_documents",
+    "retrieval_store",
+    "retrieval_top_k",
+    "model_version",
+    "adapter",
+    "completion_text",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "time_to_first_token_ms",
+    "finish_reason",
+    "feedback_score",
+    "feedback_label",
+    "feedback_comment",
+    "feedback_source",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+
+def event_row(
+    record: Mapping[str, Any], topic: str = "", partition: int = -1, offset: int = -1
+) -> list[Any]:
+    """One ``events`` row, in ``EVENT_COLUMNS`` order, from a decoded event record."""
+    kind = event_type(record)
+    body = event_body(record)
+    event_id = record["event_id"]
+    row: dict[str, Any] = {
+        "event_id": event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(event_id),
+        "event_type": kind,
+        "trace_id": record["trace_id"],
+        "span_id": record["span_id"],
+        "parent_span_id": record["parent_span_id"],
+        "event_time": record["event_time"],
+        "app": record["app"],
+        "environment": record["environment"],
+        "user_hash": record["user_hash"],
+        "session_hash": record["session_hash"],
+        "attributes": dict(record["attributes"]),
+        "model": body.get("model") or "",
+        "prompt_name": body.get("prompt_name") or "",
+        "prompt_version": body.get("prompt_version") or "",
+        "latency_ms": body.get("latency_ms"),
+        "truncated": bool(body.get("truncated", False)),
+        "prompt_messages": [],
+        "template_variables": {},
+        "retrieval_query": None,
+        "retrieval_documents": [],
+        "retrieval_store": "",
+        "retrieval_top_k": None,
+        "model_version": "",
+        "adapter": "",
+        "completion_text": None,
+        "input_tokens": None,
+        "output_tokens": None,
+        "cached_tokens": None,
+        "time_to_first_token_ms": None,
+        "finish_reason": None,
+        "feedback_score": None,
+        "feedback_label": None,
+        "feedback_comment": None,
+        "feedback_source": None,
+        "kafka_topic": topic,
+        "kafka_partition": partition,
+        "kafka_offset": offset,
+    }
+    if kind == "prompt":
+        row["prompt_messages"] = [(m["role"], m["content"]) for m in body["messages"]]
+        row["template_variables"] = dict(body.get("template_variables") or {})
+    elif kind == "retrieval":
+        row["retrieval_query"] = body["query"]
+        row["retrieval_documents"] = [
+            (d["id"], d.get("score"), d.get("text"), d.get("source")) for d in body["documents"]
+        ]
+        row["retrieval_store"] = body["store"]
+        row["retrieval_top_k"] = body.get("top_k")
+    elif kind == "completion":
+        row["model_version"] = body.get("model_version") or ""
+        row["adapter"] = body.get("adapter") or ""
+        row["completion_text"] = body["text"]
+        for name in ("input_tokens", "output_tokens", "cached_tokens", "time_to_first_token_ms"):
+            row[name] = body.get(name)
+        row["finish_reason"] = body.get("finish_reason")
+    else:
+        row["feedback_score"] = body.get("score")
+        row["feedback_label"] = body.get("label")
+        row["feedback_comment"] = body.get("comment")
+        row["feedback_source"] = body.get("source")
+    return [row[c] for c in EVENT_COLUMNS]
+
+
+def insert_events(client: Client, items: Iterable[tuple[Mapping[str, Any], str, int, int]]) -> int:
+    """Insert ``(record, topic, partition, offset)`` items into ``events`` in one block.
+
+    Returns the number of rows written; raises WarehouseError when ClickHouse refuses them.
+    """
+    rows = [
+        event_row(record, topic, partition, offset) for record, topic, partition, offset in items
+    ]
+    if not rows:
+        return 0
+    try:
+        client.insert("events", rows, column_names=list(EVENT_COLUMNS))
+    except ClickHouseError as exc:
+        raise WarehouseError(f"inserting {len(rows)} events failed: {exc}") from exc
+    return len(rows)

@@ -1,0 +1,171 @@
+"""``undertow``: one command line for the local stack, the demo and the warehouse."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from undertow import __version__
+from undertow.errors import UndertowError
+from undertow.settings import StackSettings
+
+app = typer.Typer(
+    help="Undertow: a streaming monitor for LLM applications (Kafka, Faust, river, ClickHouse).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+infra_app = typer.Typer(help="Start, inspect and stop the local stack.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+console = Console()
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show debug logs")] = False,
+) -> None:
+    """Logs go to stderr through rich; Kafka client chatter only with --verbose."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    if not verbose:
+        logging.getLogger("undertow.kafka.client").setLevel(logging.ERROR)
+
+
+@infra_app.command("up")
+def infra_up() -> None:
+    """Start the Kafka broker and the ClickHouse engine, create topics, apply migrations.
+
+    Finds a running stack instead of starting another.
+    """
+    from undertow.demo import stack_table
+    from undertow.infra.stack import LocalStack
+
+    settings = StackSettings()
+    with console.status("Starting the local stack..."):
+        info = LocalStack(settings).up()
+    console.print(stack_table(info))
+    if info.migrations_applied:
+        console.print("migrations applied: " + ", ".join(info.migrations_applied))
+    if info.topics_created:
+        console.print("topics created: " + ", ".join(info.topics_created))
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    """Show what is running under the state directory; exit 1 when the stack is down."""
+    from undertow.infra.stack import LocalStack
+
+    stack = LocalStack(StackSettings())
+    broker, warehouse = stack.broker.status(), stack.warehouse.status()
+    table = Table(title=f"Local stack under {stack.state_dir}")
+    for col in ("component", "state", "address", "pid"):
+        table.add_column(col)
+    table.add_row(
+        "Kafka broker",
+        "running" if broker else "stopped",
+        broker.bootstrap if broker else "",
+        str(broker.pid) if broker else "",
+    )
+    table.add_row(
+        "ClickHouse engine",
+        "running" if warehouse else "stopped",
+        warehouse.url if warehouse else "",
+        str(warehouse.pid) if warehouse else "",
+    )
+    console.print(table)
+    if broker is None or warehouse is None:
+        raise typer.Exit(1)
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop the local broker and warehouse (their data stays under the state directory)."""
+    from undertow.infra.stack import LocalStack
+
+    stopped = LocalStack(StackSettings()).down()
+    for name, was_running in stopped.items():
+        console.print(f"{name}: {'stopped' if was_running else 'was not running'}")
+
+
+@app.command()
+def demo(
+    traces: Annotated[int, typer.Option(min=1, help="sample traces to publish")] = 100,
+    seed: Annotated[int, typer.Option(help="seed of the sample traffic")] = 7,
+) -> None:
+    """Run the main job: publish sample traffic, read it back from Kafka and ClickHouse.
+
+    Starts the local stack first (or finds it running) and leaves it running.
+    """
+    from undertow.demo import run_demo
+
+    report = run_demo(StackSettings(), traces=traces, seed=seed, console=console)
+    if not report.complete:
+        raise typer.Exit(1)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations to the configured (or local) warehouse."""
+    from undertow.infra.stack import LocalStack
+
+    stack = LocalStack(StackSettings())
+    url = stack.settings.clickhouse_url or stack.require().clickhouse_url
+    from undertow.services.warehouse.migrations import apply_migrations
+
+    applied = apply_migrations(stack.admin_client(url), stack.settings.clickhouse_database)
+    console.print(f"{len(applied)} migrations applied" + "".join(f"\n  {m.name}" for m in applied))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="a ClickHouse SQL query")],
+    output: Annotated[
+        Literal["table", "csv"], typer.Option("--format", "-f", help="table or csv")
+    ] = "table",
+) -> None:
+    """Run a query on the warehouse and print the result."""
+    from undertow.infra.stack import LocalStack
+
+    stack = LocalStack(StackSettings())
+    url = stack.settings.clickhouse_url or stack.require().clickhouse_url
+    result = stack.client(url).query(query)
+    if output == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.column_names)
+        writer.writerows(result.result_rows)
+        return
+    table = Table()
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.result_rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print the Undertow version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    """Entry point: Undertow errors print as one clear line and exit 1."""
+    try:
+        app()
+    except UndertowError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
