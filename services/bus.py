@@ -142,6 +142,8 @@ def read_range(
                         continue
                     raise BusError(f"reading {topic}: {err}")
                 partition, offset = msg.partition(), msg.offset()
+                if partition is None or offset is None:
+                    continue
                 if partition not in pending or offset >= pending[partition][1]:
                     continue
                 records.append(Record(topic, partition, offset, msg.key(), msg.value() or b""))
