@@ -24,7 +24,6 @@ import logging
 import re
 import secrets
 import shutil
-import socket
 import string
 import subprocess
 import time
@@ -44,6 +43,7 @@ from undertow.infra import InfraError
 from undertow.infra.process import (
     ManagedProcess,
     ProcessRecord,
+    bindable,
     free_port,
     pid_alive,
     port_open,
@@ -418,7 +418,7 @@ class KafkaBroker:
             previous = (int(saved["port"]), int(saved["controller_port"]))
         except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             previous = None
-        if reuse and previous is not None and all(_bindable(self.host, p) for p in previous):
+        if reuse and previous is not None and all(bindable(self.host, p) for p in previous):
             return previous
         port = free_port(self.host)
         controller_port = free_port(self.host)
@@ -547,17 +547,6 @@ def _new_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-def _bindable(host: str, port: int) -> bool:
-    """True when a server socket could listen on ``host:port`` now (as the JVM binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _require_tool(command: str, what: str, why: str) -> str:

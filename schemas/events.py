@@ -17,6 +17,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+# The fields every record of the contract starts with, in schema order.
+ENVELOPE_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "event_time",
+    "app",
+    "environment",
+    "user_hash",
+    "session_hash",
+    "attributes",
+)
 EventType = Literal["prompt", "retrieval", "completion", "feedback"]
 EVENT_BODY_NAMES: dict[str, str] = {
     "prompt": "undertow.Prompt",

@@ -13,21 +13,12 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from undertow.schemas.events import event_body, event_type
+from undertow.schemas.events import ENVELOPE_FIELDS, event_body, event_type
 from undertow.services.warehouse import WarehouseError
 
 EVENT_COLUMNS: tuple[str, ...] = (
-    "event_id",
+    *ENVELOPE_FIELDS,
     "event_type",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "event_time",
-    "app",
-    "environment",
-    "user_hash",
-    "session_hash",
-    "attributes",
     "model",
     "prompt_name",
     "prompt_version",

@@ -9,7 +9,7 @@ import lz4.frame
 import pytest
 import zstandard
 
-from undertow.infra.warehouse import (
+from undertow.infra.clickhouse_http import (
     ClickHouseException,
     QueryResult,
     content_type_for,
