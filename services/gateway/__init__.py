@@ -1,0 +1,1 @@
+"""The inference gateway: an OpenAI-compatible API in front of vLLM or a local model."""

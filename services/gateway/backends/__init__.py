@@ -1,0 +1,1 @@
+"""Model backends behind one interface: OpenAI-compatible upstreams and local models."""
