@@ -1,4 +1,4 @@
-# The Undertow services (setup job, demo, and later the workers and the gateway) in one image.
+# The Undertow services (setup job, demo, gateway; later the workers) in one image.
 # Production talks to the Kafka and ClickHouse services of docker-compose.yml, so the embedded
 # engine (extra "local") is not installed here.
 FROM python:3.11-slim
@@ -15,7 +15,7 @@ COPY schemas ./schemas
 COPY streams ./streams
 COPY services ./services
 COPY infra ./infra
-RUN pip install --no-compile .
+RUN pip install --no-compile ".[gateway]"
 
 USER undertow
 ENTRYPOINT ["undertow"]

@@ -49,7 +49,9 @@ def _config(checker: Path, *profiles: str, env: dict[str, str] | None = None) ->
 
 def test_compose_file_loads_with_every_profile(composecheck: Path) -> None:
     config = _config(composecheck, "demo", "gpu")
-    assert set(config["services"]) == {"kafka", "clickhouse", "setup", "demo", "vllm"}
+    assert set(config["services"]) == {"kafka", "clickhouse", "setup", "demo", "vllm", "gateway"}
+    gateway_env = config["services"]["gateway"]["environment"]
+    assert gateway_env["UNDERTOW_GATEWAY_UPSTREAM_BASE_URL"] == "http://vllm:8000/v1"
     assert config["services"]["vllm"]["profiles"] == ["gpu"]
     gpu = config["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
