@@ -49,9 +49,10 @@ from undertow.services.gateway.protocol import (
     parse_request,
     usage_dict,
 )
-from undertow.services.gateway.recorder import EventSink, Exchange, Recorder
+from undertow.services.gateway.recorder import Exchange, Recorder
 from undertow.services.gateway.settings import GatewaySettings
 from undertow.services.gateway.sse import DONE_EVENT, encode_data, encode_json
+from undertow.services.sdk import Undertow
 
 log = logging.getLogger("undertow.services.gateway")
 
@@ -71,7 +72,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def create_app(settings: GatewaySettings, backend: Backend, sdk: EventSink) -> FastAPI:
+def create_app(settings: GatewaySettings, backend: Backend, sdk: Undertow) -> FastAPI:
     """The gateway app; the lifespan starts the backend (loads the model) and closes it."""
     gateway = Gateway(settings, backend, sdk)
 
@@ -157,7 +158,7 @@ def create_app(settings: GatewaySettings, backend: Backend, sdk: EventSink) -> F
 class Gateway:
     """The request pipeline behind the routes: limits, events, backend calls, framing."""
 
-    def __init__(self, settings: GatewaySettings, backend: Backend, sdk: EventSink) -> None:
+    def __init__(self, settings: GatewaySettings, backend: Backend, sdk: Undertow) -> None:
         self.settings = settings
         self.backend = backend
         self.keys = ApiKeys(settings.keys())

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from undertow.schemas.events import new_span_id, new_trace_id
 from undertow.services.gateway.backends import Usage
@@ -26,67 +25,10 @@ from undertow.services.gateway.protocol import (
     CompletionRequest,
     UndertowExtension,
 )
+from undertow.services.sdk import Undertow
 from undertow.services.sdk.context import context_from_headers, format_traceparent
 
 log = logging.getLogger("undertow.services.gateway")
-
-
-class EventSink(Protocol):
-    """The part of the SDK's ``Undertow`` client the gateway uses."""
-
-    def record_prompt(
-        self,
-        *,
-        trace_id: str,
-        span_id: str,
-        parent_span_id: str | None,
-        messages: list[dict[str, str]],
-        model: str | None = None,
-        prompt_name: str | None = None,
-        prompt_version: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        attributes: dict[str, str] | None = None,
-    ) -> None: ...
-
-    def record_retrieval(
-        self,
-        *,
-        trace_id: str,
-        span_id: str,
-        parent_span_id: str | None,
-        query: str,
-        documents: list[dict[str, Any]],
-        store: str,
-        latency_ms: float,
-        top_k: int | None = None,
-        attributes: dict[str, str] | None = None,
-    ) -> None: ...
-
-    def record_completion(
-        self,
-        *,
-        trace_id: str,
-        span_id: str,
-        parent_span_id: str | None,
-        model: str,
-        text: str,
-        latency_ms: float,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        cached_tokens: int | None = None,
-        time_to_first_token_ms: float | None = None,
-        finish_reason: str | None = None,
-        model_version: str | None = None,
-        adapter: str | None = None,
-        prompt_name: str | None = None,
-        prompt_version: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        attributes: dict[str, str] | None = None,
-    ) -> None: ...
-
-    def stats(self) -> Any: ...
 
 
 @dataclass
@@ -128,7 +70,7 @@ class Exchange:
 class Recorder:
     """Publishes each exchange's events; the SDK never raises or blocks, so neither does this."""
 
-    def __init__(self, sink: EventSink, backend_name: str) -> None:
+    def __init__(self, sink: Undertow, backend_name: str) -> None:
         self.sink = sink
         self.backend_name = backend_name
 
