@@ -11,6 +11,8 @@ elif ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
   exit 1
 fi
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+# curl: the tests query the warehouse with it, as users do.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -34,7 +34,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A started broker in a fresh state dir, stopped after the module."""
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"the local Kafka broker needs {' and '.join(missing)} on PATH")
+        pytest.fail(f"the local Kafka broker needs {' and '.join(missing)} on PATH")
     kafka = KafkaBroker(tmp_path_factory.mktemp("state"), StackSettings().cache_dir)
     kafka.start()
     yield kafka

@@ -140,7 +140,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A broker of this module's own, which the outage test stops and starts."""
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"the local Kafka broker needs {' and '.join(missing)} on PATH")
+        pytest.fail(f"the local Kafka broker needs {' and '.join(missing)} on PATH")
     kafka = KafkaBroker(tmp_path_factory.mktemp("sdk-outage"), StackSettings().cache_dir)
     ensure_topics(kafka.start().bootstrap, load_topics())
     yield kafka

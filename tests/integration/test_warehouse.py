@@ -361,8 +361,9 @@ def test_plain_http_errors_leave_the_server_serving(warehouse: WarehouseInfo) ->
     assert http(url, params={"query": "SELECT 2"})[2] == b"2\n"
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl(warehouse: WarehouseInfo) -> None:
+    assert shutil.which("curl"), "curl is needed for this check (apt-get install curl)"
+
     def curl(*args: str, stdin: bytes | None = None) -> bytes:
         done = subprocess.run(["curl", "-sS", "--fail-with-body", *args], input=stdin,
                               capture_output=True, timeout=30, check=True)  # fmt: skip
