@@ -194,11 +194,13 @@ def ensure_topics(
 
     wanted = {spec.name: spec.partitions for spec in missing if spec.name in created}
 
-    def visible() -> bool | None:
-        now = _list_topics(admin, bootstrap, timeout)
+    def led() -> bool | None:
+        # Listed is not enough: until every partition has a leader, reads and offset
+        # lookups on a new topic fail with NOT_LEADER_FOR_PARTITION.
+        now = _led_partitions(admin, bootstrap, timeout)
         return True if all(now.get(n, 0) >= p for n, p in wanted.items()) else None
 
-    wait_until(visible, timeout, f"created topics {sorted(wanted)} in metadata of {bootstrap}")
+    wait_until(led, timeout, f"leaders for created topics {sorted(wanted)} on {bootstrap}")
     return created
 
 
@@ -215,6 +217,20 @@ def _list_topics(admin: AdminClient, bootstrap: str, timeout: float) -> dict[str
             f"could not list topics on {bootstrap} within {timeout:.0f} s: {exc}"
         ) from exc
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+def _led_partitions(admin: AdminClient, bootstrap: str, timeout: float) -> dict[str, int]:
+    """Topic name to the number of its partitions that have a leader and no error."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise InfraError(
+            f"could not list topics on {bootstrap} within {timeout:.0f} s: {exc}"
+        ) from exc
+    return {
+        name: sum(1 for p in topic.partitions.values() if p.leader >= 0 and p.error is None)
+        for name, topic in metadata.topics.items()
+    }
 
 
 # --------------------------------------------------------------------------- broker

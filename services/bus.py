@@ -93,19 +93,32 @@ def publish(
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """The high watermark of every partition of ``topic``."""
+    """The high watermark of every partition of ``topic``.
+
+    Retriable broker errors (a partition between leaders, as just after it was created) are
+    retried until ``timeout``; other errors raise BusError at once.
+    """
     consumer = Consumer(_reader_config(bootstrap))
+    deadline = time.monotonic() + timeout
     try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        topic_meta = meta.topics.get(topic)
-        if topic_meta is None or topic_meta.error is not None:
-            raise BusError(f"topic {topic} not found on {bootstrap}")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-            for p in topic_meta.partitions
-        }
-    except KafkaException as exc:
-        raise BusError(f"cannot read offsets of {topic} from {bootstrap}: {exc}") from exc
+        while True:
+            try:
+                meta = consumer.list_topics(topic, timeout=timeout)
+                topic_meta = meta.topics.get(topic)
+                if topic_meta is None or topic_meta.error is not None:
+                    raise BusError(f"topic {topic} not found on {bootstrap}")
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                    for p in topic_meta.partitions
+                }
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                retriable = isinstance(error, KafkaError) and error.retriable()
+                if not retriable or time.monotonic() >= deadline:
+                    raise BusError(
+                        f"cannot read offsets of {topic} from {bootstrap}: {exc}"
+                    ) from exc
+                time.sleep(0.1)  # back off before asking the broker again
     finally:
         consumer.close()
 
