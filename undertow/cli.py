@@ -186,6 +186,61 @@ def gateway(
 
 
 @app.command()
+def worker(
+    role: Annotated[
+        Literal["ingest"] | None, typer.Option(help="the processor to run (default: ingest)")
+    ] = None,
+) -> None:
+    """Run a stream worker in the foreground until SIGTERM or Ctrl-C.
+
+    ingest: events from Kafka into ClickHouse, undecodable ones to the dead-letter topic.
+    Settings come from UNDERTOW_WORKER_* variables; Kafka and ClickHouse default to the local
+    stack's. Offsets are committed only after the warehouse stored the rows.
+    """
+    from undertow.infra.stack import LocalStack
+    from undertow.streams.app import WorkerHealth, build_app, run_worker
+    from undertow.streams.settings import WorkerSettings
+
+    overrides: dict[str, Any] = {"role": role} if role else {}
+    settings = WorkerSettings(**overrides)
+    stack_settings = StackSettings()
+    given = settings.model_fields_set
+    defaults: dict[str, Any] = {}
+    if "data_dir" not in given:
+        defaults["data_dir"] = stack_settings.home / "worker"
+    if "clickhouse_database" not in given:
+        defaults["clickhouse_database"] = stack_settings.clickhouse_database
+    if settings.bootstrap_servers is None or settings.clickhouse_url is None:
+        stack = LocalStack(stack_settings)
+        bootstrap = stack_settings.bootstrap_servers
+        url = stack_settings.clickhouse_url
+        if (settings.bootstrap_servers or bootstrap) is None or (
+            settings.clickhouse_url or url
+        ) is None:
+            info = stack.require()
+            bootstrap, url = bootstrap or info.bootstrap_servers, url or info.clickhouse_url
+        defaults["bootstrap_servers"] = settings.bootstrap_servers or bootstrap
+        defaults["clickhouse_url"] = settings.clickhouse_url or url
+    settings = settings.model_copy(update=defaults)
+    logging.getLogger("undertow.streams").setLevel(logging.INFO)
+    if logging.getLogger().level > logging.DEBUG:
+        # The sink reports outages itself, once per interval; the HTTP client would per try.
+        for noisy in ("urllib3", "clickhouse_connect"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    health = WorkerHealth()
+    faust_app = build_app(settings, health=health)
+    console.print(
+        f"worker {settings.role} (group {settings.consumer_group}): "
+        f"{settings.events_topic} on {settings.bootstrap_servers} -> "
+        f"{settings.clickhouse_url}/{settings.clickhouse_database}",
+        highlight=False,
+    )
+    code = run_worker(faust_app, health)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def version() -> None:
     """Print the Undertow version."""
     console.print(__version__)

@@ -1,0 +1,233 @@
+"""The ingest processor: events from Kafka into ClickHouse, undecodable ones to dead letters.
+
+Per micro-batch (the Faust agent in ``streams/app.py`` hands over up to ``batch_size`` records
+or whatever arrived within ``batch_window_s``):
+
+1. decode each record as an ``event`` (:class:`~undertow.schemas.codec.AvroCodec`); bytes that
+   are not one (random bytes, a truncated record, a valid record of another type) become
+   ``DeadLetter`` records, and the rest flows on;
+2. call the **enrich hook** on the decoded items (identity until the scorers plug in);
+3. write them through :class:`~undertow.streams.sink.EventSink` (idempotent, retries until the
+   warehouse takes them); rows the warehouse can never store become dead letters too;
+4. publish the dead letters (retried until the broker takes them).
+
+Only when :meth:`Ingest.process` returns may the caller acknowledge the batch's records; it
+returns only after steps 3 and 4 succeeded, and never raises for bad data or outages.
+
+The enrich hook
+---------------
+``enrich(items: list[SinkItem]) -> list[SinkItem]``, a plain (blocking) function that runs on a
+worker thread so the event loop keeps heartbeating while models run. Each
+:class:`~undertow.streams.sink.SinkItem` is ``(record, topic, partition, offset, scores)``: the
+decoded event, its Kafka coordinates and ``scores=None``. The hook returns the same items (same
+coordinates, any order) with ``scores`` filled where it scored something, e.g.
+``item._replace(scores={"toxicity": 0.02, "injection": 0.91, "embedding": [...]})``. It must not
+drop or invent items (that is checked). If it raises, the batch is split in halves and retried,
+down to single items; an item that fails alone is dead-lettered with the hook's error, so one
+poisonous record cannot stall the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from undertow.errors import UndertowError
+from undertow.schemas.codec import AvroCodec, DecodeError
+from undertow.schemas.events import event_type
+from undertow.streams.dead_letters import dead_letter
+from undertow.streams.sink import Backoff, EventSink, SinkItem
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR = "ingest"
+
+Enrich = Callable[[list[SinkItem]], list[SinkItem]]
+PublishDeadLetters = Callable[[Sequence[bytes]], Awaitable[None]]
+
+
+class ProcessorError(UndertowError):
+    """A processor hook broke its contract (e.g. the enrich hook dropped items)."""
+
+
+def identity(items: list[SinkItem]) -> list[SinkItem]:
+    """The enrich hook until the scorers plug in: items pass unchanged."""
+    return items
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One Kafka record as the processor sees it: coordinates, key and raw value."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class DecodedBatch:
+    """The decodable events of a batch, and dead letters for the rest."""
+
+    items: list[SinkItem] = field(default_factory=list)
+    dead_letters: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass
+class BatchReport:
+    """What one batch came to, for logs, tests and benchmarks."""
+
+    records: int
+    stored: int
+    dead_letters: int
+    sink_retries: int
+    seconds: float
+
+
+def decode_batch(
+    records: Sequence[SourceRecord], codec: AvroCodec, processor: str = PROCESSOR
+) -> DecodedBatch:
+    """Decode each record as an ``event``; the ones that are not become dead letters."""
+    out = DecodedBatch()
+    for rec in records:
+        try:
+            if rec.value is None:
+                raise DecodeError("empty value (tombstone): expected an event record")
+            decoded = codec.decode(rec.value, "event")
+            event_type(decoded.record)  # a body the rows mapping knows
+        except (DecodeError, ValueError) as exc:
+            out.dead_letters.append(_letter(rec, str(exc), type(exc).__name__, processor))
+            continue
+        out.items.append(SinkItem(decoded.record, rec.topic, rec.partition, rec.offset))
+    return out
+
+
+def _letter(
+    rec: SourceRecord,
+    reason: str,
+    error_type: str,
+    processor: str,
+    item: SinkItem | None = None,
+) -> dict[str, object]:
+    return dead_letter(
+        reason=reason,
+        error_type=error_type,
+        processor=processor,
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        payload=rec.value or b"",
+        record=item.record if item is not None else None,
+    )
+
+
+class Ingest:
+    """Decode, enrich, store and dead-letter one batch at a time; knows nothing of Faust."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        publish_dead_letters: PublishDeadLetters,
+        *,
+        enrich: Enrich = identity,
+        codec: AvroCodec | None = None,
+        backoff: Backoff | None = None,
+        processor: str = PROCESSOR,
+    ) -> None:
+        self.sink = sink
+        self.enrich = enrich
+        self.codec = codec or AvroCodec()
+        self.processor = processor
+        self._publish = publish_dead_letters
+        self._backoff = backoff or sink.backoff
+        self.records = 0
+        self.dead_letters = 0
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
+        """Handle one batch; returns once its rows and dead letters are durable."""
+        began = time.perf_counter()
+        by_coordinates = {(r.topic, r.partition, r.offset): r for r in records}
+        decoded = decode_batch(records, self.codec, self.processor)
+        letters = decoded.dead_letters
+        items = decoded.items
+        if items and self.enrich is not identity:
+            items, failed = await self._enrich(items, by_coordinates)
+            letters += failed
+        result = await self.sink.write(items)
+        for rejected in result.rejected:
+            item = rejected.item
+            source = by_coordinates[(item.topic, item.partition, item.offset)]
+            letters.append(
+                _letter(source, rejected.reason, rejected.error_type, self.processor, item)
+            )
+        if letters:
+            await self._publish_with_retry([self.codec.encode("dead_letter", d) for d in letters])
+            logger.warning("%d of %d records sent to dead letters", len(letters), len(records))
+        self.records += len(records)
+        self.dead_letters += len(letters)
+        return BatchReport(
+            records=len(records),
+            stored=result.rows,
+            dead_letters=len(letters),
+            sink_retries=result.retries,
+            seconds=time.perf_counter() - began,
+        )
+
+    async def _enrich(
+        self, items: list[SinkItem], sources: dict[tuple[str, int, int], SourceRecord]
+    ) -> tuple[list[SinkItem], list[dict[str, object]]]:
+        """Run the hook on a thread; on failure bisect down to the items that fail alone."""
+        try:
+            enriched = await asyncio.to_thread(self.enrich, list(items))
+            _check_same_items(items, enriched)
+            return enriched, []
+        except Exception as exc:
+            if len(items) == 1:
+                item = items[0]
+                logger.warning(
+                    "enrich hook failed on %s[%d]@%d: %s",
+                    item.topic,
+                    item.partition,
+                    item.offset,
+                    type(exc).__name__,
+                )
+                source = sources[(item.topic, item.partition, item.offset)]
+                letter = _letter(
+                    source, f"enrich hook failed: {exc}", type(exc).__name__, self.processor, item
+                )
+                return [], [letter]
+        half = len(items) // 2
+        left, left_dead = await self._enrich(items[:half], sources)
+        right, right_dead = await self._enrich(items[half:], sources)
+        return left + right, left_dead + right_dead
+
+    async def _publish_with_retry(self, values: list[bytes]) -> None:
+        delays = self._backoff.delays()
+        while True:
+            try:
+                await self._publish(values)
+                return
+            except Exception as exc:  # the producer's errors vary by client and cause
+                logger.warning(
+                    "publishing %d dead letters failed, retrying: %s: %s",
+                    len(values),
+                    type(exc).__name__,
+                    exc,
+                )
+                await asyncio.sleep(next(delays))
+
+
+def _check_same_items(before: Sequence[SinkItem], after: Sequence[SinkItem]) -> None:
+    def coordinates(items: Sequence[SinkItem]) -> list[tuple[str, int, int]]:
+        return sorted((i.topic, i.partition, i.offset) for i in items)
+
+    if coordinates(before) != coordinates(after):
+        raise ProcessorError(
+            f"the enrich hook must return the {len(before)} items it was given (scores "
+            f"added), got {len(after)} with different coordinates"
+        )

@@ -1,0 +1,397 @@
+"""The ClickHouse sink: batched, idempotent writes of decoded events into ``events``.
+
+A batch of :class:`SinkItem` (decoded record plus its Kafka coordinates) is split by source
+partition; each partition's share is one insert block whose ``insert_deduplication_token`` is
+derived from the block's content: topic, partition, first and last offset, and a digest of the
+event ids. Replaying the same offsets after a crash therefore rebuilds the same token and
+ClickHouse drops the block (``non_replicated_deduplication_window`` on the table). Where batch
+boundaries differ on replay, the duplicates collapse in the ReplacingMergeTree by ``event_id``:
+queries with ``FINAL`` never see them. The event-id digest keeps a recreated topic (offsets
+starting again at 0) from colliding with tokens of the old one.
+
+Failures are sorted in two kinds. A *transient* one (warehouse unreachable, timeouts, server
+overloaded, schema not migrated yet) is retried with capped exponential backoff until it
+succeeds or the task is cancelled: nothing is dropped and, because the caller acknowledges
+records only after :meth:`EventSink.write` returned, nothing is committed meanwhile. A
+*rejected* row (a value the column cannot hold, a record that does not map to a row) cannot
+succeed on retry; it is isolated (a refused block is retried row by row) and handed back so the
+processor sends it to the dead-letter topic instead of stalling the stream on it.
+
+Inserts are blocking HTTP calls; they run on one dedicated thread so the event loop (Kafka
+heartbeats, Faust's timers) stays responsive while ClickHouse is slow or away.
+
+>>> dedup_token("events", "undertow.events.v1", 3, 100, 149, ["a", "b"]).rsplit(":", 1)[0]
+'events:undertow.events.v1:3:100-149:2'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import re
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DataError
+
+from undertow.errors import UndertowError
+from undertow.services.warehouse.rows import EVENT_COLUMNS, event_row
+
+logger = logging.getLogger(__name__)
+
+# ClickHouse error codes that mean "this data cannot be stored", not "try again later":
+# CANNOT_PARSE_*, TYPE_MISMATCH, CANNOT_CONVERT_TYPE, INCORRECT_DATA, ARGUMENT_OUT_OF_BOUND,
+# VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, CANNOT_PARSE_UUID, TOO_LARGE_STRING_SIZE, ...
+DATA_ERROR_CODES: frozenset[int] = frozenset(
+    {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 377, 441, 675, 676}
+)
+_CODE_IN_MESSAGE = re.compile(r"\b[Cc]ode:?\s*(\d+)")
+
+Failure = Literal["transient", "rejected"]
+
+
+class SinkError(UndertowError):
+    """The sink was misused (closed, or given items it cannot handle)."""
+
+
+class SinkItem(NamedTuple):
+    """One decoded event and where it came from: the unit the processor and its hooks pass on.
+
+    ``scores`` is filled by enrich hooks (scorers) and is not stored by this sink yet.
+    """
+
+    record: Mapping[str, Any]
+    topic: str
+    partition: int
+    offset: int
+    scores: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item the warehouse can never store, with the reason, for the dead-letter topic."""
+
+    item: SinkItem
+    reason: str
+    error_type: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """The rows of one source partition within a batch: one insert, one dedup token."""
+
+    topic: str
+    partition: int
+    items: tuple[SinkItem, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    token: str
+
+    @property
+    def first_offset(self) -> int:
+        return self.items[0].offset
+
+    @property
+    def last_offset(self) -> int:
+        return self.items[-1].offset
+
+
+@dataclass
+class WriteResult:
+    """What one :meth:`EventSink.write` did."""
+
+    rows: int = 0
+    blocks: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class SinkStats:
+    """Running totals since the sink was built (for logs and benchmarks)."""
+
+    rows: int = 0
+    blocks: int = 0
+    retries: int = 0
+    rejected: int = 0
+    seconds_waiting: float = 0.0
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: ``minimum * factor**n``, at most ``maximum``.
+
+    >>> from itertools import islice
+    >>> list(islice(Backoff(0.1, 1.0, jitter=0).delays(), 6))
+    [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    """
+
+    def __init__(
+        self, minimum: float, maximum: float, factor: float = 2.0, jitter: float = 0.2
+    ) -> None:
+        if not 0 < minimum <= maximum or factor < 1 or not 0 <= jitter < 1:
+            raise SinkError(
+                "backoff needs 0 < minimum <= maximum, factor >= 1 and 0 <= jitter < 1; "
+                f"got {minimum}, {maximum}, {factor}, {jitter}"
+            )
+        self.minimum, self.maximum, self.factor, self.jitter = minimum, maximum, factor, jitter
+
+    def delays(self) -> Iterator[float]:
+        """An endless sequence of delays in seconds."""
+        delay = self.minimum
+        while True:
+            spread = delay * self.jitter
+            yield delay if not spread else delay + random.uniform(-spread, spread)
+            delay = min(delay * self.factor, self.maximum)
+
+
+def dedup_token(
+    table: str, topic: str, partition: int, first: int, last: int, event_ids: Sequence[str]
+) -> str:
+    """The ``insert_deduplication_token`` of a block: same offsets and events, same token."""
+    digest = hashlib.blake2b("\n".join(event_ids).encode(), digest_size=12).hexdigest()
+    return f"{table}:{topic}:{partition}:{first}-{last}:{len(event_ids)}:{digest}"
+
+
+def classify(exc: BaseException) -> Failure:
+    """``rejected`` when the data itself cannot be stored, ``transient`` otherwise.
+
+    Unknown errors count as transient: retrying a healthy row forever stalls the stream
+    visibly, while dead-lettering it on a misjudged error would lose it from the warehouse.
+    """
+    if isinstance(exc, DataError):
+        return "rejected"
+    if isinstance(exc, ClickHouseError):
+        code = getattr(exc, "code", None)
+        if code is None:
+            match = _CODE_IN_MESSAGE.search(str(exc))
+            code = int(match.group(1)) if match else None
+        return "rejected" if code in DATA_ERROR_CODES else "transient"
+    if isinstance(exc, TypeError | ValueError | OverflowError | struct.error | KeyError):
+        # Raised by clickhouse-connect while serialising a value into its column type.
+        return "rejected"
+    return "transient"
+
+
+def _describe(exc: BaseException, limit: int = 500) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class EventSink:
+    """Writes :class:`SinkItem` batches into the ``events`` table, idempotently.
+
+    ``connect`` opens a clickhouse-connect client; it is called lazily and again after a
+    transient failure, so the sink survives a warehouse restart. ``sleep`` is awaited between
+    retries (tests pass a fake clock).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Client],
+        *,
+        table: str = "events",
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        log_every_s: float = 10.0,
+    ) -> None:
+        self._connect = connect
+        self.table = table
+        self.backoff = backoff or Backoff(0.2, 5.0)
+        self._sleep = sleep
+        self._log_every_s = log_every_s
+        self._client: Client | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="undertow-sink")
+        self._closed = False
+        self.stats = SinkStats()
+
+    # -- pure part -----------------------------------------------------------------------
+
+    def prepare(self, items: Sequence[SinkItem]) -> tuple[list[Block], list[Rejected]]:
+        """Map items to rows and group them into one block per source (topic, partition).
+
+        Items whose record does not map to a row are returned as rejected. Within a block the
+        items keep their offset order; blocks come in order of first appearance.
+        """
+        grouped: dict[tuple[str, int], list[tuple[SinkItem, tuple[Any, ...]]]] = {}
+        rejected: list[Rejected] = []
+        for item in items:
+            try:
+                row = tuple(event_row(item.record, item.topic, item.partition, item.offset))
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                rejected.append(
+                    Rejected(item, f"not an events row: {_describe(exc)}", type(exc).__name__)
+                )
+                continue
+            grouped.setdefault((item.topic, item.partition), []).append((item, row))
+        blocks = [
+            self._block(topic, partition, sorted(pairs, key=lambda p: p[0].offset))
+            for (topic, partition), pairs in grouped.items()
+        ]
+        return blocks, rejected
+
+    def _block(
+        self, topic: str, partition: int, pairs: Sequence[tuple[SinkItem, tuple[Any, ...]]]
+    ) -> Block:
+        block_items = tuple(item for item, _ in pairs)
+        token = dedup_token(
+            self.table,
+            topic,
+            partition,
+            block_items[0].offset,
+            block_items[-1].offset,
+            [str(item.record["event_id"]) for item in block_items],
+        )
+        return Block(topic, partition, block_items, tuple(row for _, row in pairs), token)
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def write(self, items: Sequence[SinkItem]) -> WriteResult:
+        """Store ``items``; returns once every storable row is durable in ClickHouse.
+
+        Retries transient failures forever (cancel the task to give up); rows that can never
+        be stored come back in ``WriteResult.rejected``.
+        """
+        if self._closed:
+            raise SinkError("the sink is closed")
+        result = WriteResult()
+        blocks, result.rejected = self.prepare(items)
+        for block in blocks:
+            await self._write_block(block, result)
+        self.stats.rows += result.rows
+        self.stats.blocks += result.blocks
+        self.stats.retries += result.retries
+        self.stats.rejected += len(result.rejected)
+        return result
+
+    async def _write_block(self, block: Block, result: WriteResult) -> None:
+        delays = self.backoff.delays()
+        waited_since: float | None = None
+        last_log = 0.0
+        while True:
+            result.attempts += 1
+            try:
+                await self._run(self._insert, block)
+            except Exception as exc:
+                kind = classify(exc)
+                if kind == "rejected":
+                    await self._isolate(block, exc, result)
+                    return
+                now = time.monotonic()
+                waited_since = waited_since or now
+                if now - last_log >= self._log_every_s:
+                    last_log = now
+                    logger.warning(
+                        "warehouse write of %d rows (%s[%d] offsets %d-%d) failed, retrying "
+                        "for %.0f s so far: %s",
+                        len(block.rows),
+                        block.topic,
+                        block.partition,
+                        block.first_offset,
+                        block.last_offset,
+                        now - waited_since,
+                        _describe(exc, 300),
+                    )
+                self._client = None  # reconnect: the server may have restarted elsewhere
+                result.retries += 1
+                await self._sleep(next(delays))
+                continue
+            if waited_since is not None:
+                waited = time.monotonic() - waited_since
+                self.stats.seconds_waiting += waited
+                logger.warning("warehouse write succeeded again after %.1f s", waited)
+            result.rows += len(block.rows)
+            result.blocks += 1
+            return
+
+    async def _isolate(self, block: Block, exc: BaseException, result: WriteResult) -> None:
+        """A refused block: one row alone is rejected; several are retried one by one."""
+        if len(block.rows) == 1:
+            item = block.items[0]
+            # The type and code only: the server's message may quote the row's text.
+            logger.warning(
+                "warehouse refused the event at %s[%d]@%d: %s (code %s)",
+                item.topic,
+                item.partition,
+                item.offset,
+                type(exc).__name__,
+                getattr(exc, "code", None),
+            )
+            result.rejected.append(
+                Rejected(item, f"warehouse refused the row: {_describe(exc)}", type(exc).__name__)
+            )
+            return
+        for item, row in zip(block.items, block.rows, strict=True):
+            await self._write_block(
+                self._block(block.topic, block.partition, [(item, row)]), result
+            )
+
+    async def _run(self, fn: Callable[[Block], None], block: Block) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn, block)
+
+    def _insert(self, block: Block) -> None:
+        """One insert attempt, on the sink thread."""
+        if self._client is None:
+            self._client = self._connect()
+        self._client.insert(
+            self.table,
+            block.rows,
+            column_names=list(EVENT_COLUMNS),
+            settings={"insert_deduplication_token": block.token},
+        )
+
+    def close(self) -> None:
+        """Stop the sink thread (after the attempt in flight, if any) and drop the client."""
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a dead connection pool may fail; nothing to do
+                logger.debug("closing the warehouse client failed", exc_info=True)
+
+
+def warehouse_connector(
+    url: str,
+    database: str,
+    username: str,
+    password: str,
+    timeout_s: float,
+) -> Callable[[], Client]:
+    """A ``connect`` callable for :class:`EventSink` with bounded connect/receive times."""
+    from undertow.services.warehouse.client import connect
+
+    def open_client() -> Client:
+        return connect(
+            url,
+            database=database,
+            username=username,
+            password=password,
+            connect_timeout=min(timeout_s, 10.0),
+            send_receive_timeout=timeout_s,
+            autogenerate_session_id=False,
+        )
+
+    return open_client
+
+
+__all__ = [
+    "Backoff",
+    "Block",
+    "EventSink",
+    "Rejected",
+    "SinkError",
+    "SinkItem",
+    "SinkStats",
+    "WriteResult",
+    "classify",
+    "dedup_token",
+    "warehouse_connector",
+]

@@ -1,0 +1,476 @@
+"""The stream worker (``undertow worker``) against the real broker and warehouse.
+
+Each test runs the worker as a subprocess through the CLI, in a fresh consumer group, with a
+short session timeout, and waits on conditions with deadlines. What is checked:
+
+* events in, rows out with the right fields; undecodable, truncated and wrong-type records go
+  to the dead-letter topic with the reason and source offsets, and the events behind them in
+  the same partition still arrive;
+* SIGKILL mid-stream, then a restart: every event stored, no duplicates under ``FINAL``;
+* the warehouse stopped for 30 s while events flow: nothing lost, the worker stays up;
+* SIGTERM while the warehouse is away: the batch in hand is not committed, so a new worker
+  stores it once the warehouse is back.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from undertow.infra.process import wait_until
+from undertow.infra.stack import LocalStack, StackInfo
+from undertow.schemas.codec import AvroCodec
+from undertow.schemas.events import event_type
+from undertow.schemas.topics import DEADLETTER, EVENTS
+from undertow.services.bus import BusError, Record, end_offsets, publish, read_range
+from undertow.services.traffic import sample_traces
+from undertow.services.warehouse.client import connect
+from undertow.settings import StackSettings
+
+pytestmark = pytest.mark.integration
+
+UNDERTOW = [sys.executable, "-m", "undertow.cli"]
+T = TypeVar("T")
+
+
+class WorkerProcess:
+    """``undertow worker`` as a subprocess with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*UNDERTOW, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture()
+def run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture()
+def workers(
+    stack: StackInfo, stack_settings: StackSettings, tmp_path: Path, run_id: str
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts workers of one fresh consumer group; kills whatever still runs at the end."""
+    started: list[WorkerProcess] = []
+    group = f"test-worker-{run_id}"
+
+    def start(**overrides: str) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "UNDERTOW_HOME": str(stack_settings.home),
+            "UNDERTOW_WORKER_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+            "UNDERTOW_WORKER_CLICKHOUSE_URL": stack.clickhouse_url,
+            "UNDERTOW_WORKER_CLICKHOUSE_DATABASE": stack_settings.clickhouse_database,
+            "UNDERTOW_WORKER_GROUP_ID": group,
+            "UNDERTOW_WORKER_DATA_DIR": str(tmp_path / "faust"),
+            "UNDERTOW_WORKER_SESSION_TIMEOUT_S": "6",
+            "UNDERTOW_WORKER_HEARTBEAT_INTERVAL_S": "1",
+            "UNDERTOW_WORKER_COMMIT_INTERVAL_S": "0.5",
+            "UNDERTOW_WORKER_RETRY_BACKOFF_MAX_S": "1",
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+            **{f"UNDERTOW_WORKER_{k.upper()}": v for k, v in overrides.items()},
+        }
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log").start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.alive:
+            worker.kill()
+
+
+@pytest.fixture()
+def warehouse(stack: StackInfo, stack_settings: StackSettings) -> Client:
+    return connect(stack.clickhouse_url, database=stack_settings.clickhouse_database)
+
+
+def payloads(run_id: str, traces: int, seed: int) -> list[tuple[bytes, bytes, dict[str, Any]]]:
+    """``(key, value, record)`` of sample events tagged with the run id."""
+    codec = AvroCodec()
+    records = sample_traces(traces, seed=seed, app="worker-test", attributes={"test_run": run_id})
+    return [(r["trace_id"].encode(), codec.encode("event", r), r) for r in records]
+
+
+def stored(client: Client, run_id: str, final: bool = False) -> tuple[int, int]:
+    """(rows, distinct event ids) of the run in ``events``; ``final`` reads with FINAL."""
+    rows = client.query(
+        f"SELECT count(), uniqExact(event_id) FROM events{' FINAL' if final else ''} "
+        "WHERE attributes['test_run'] = {run:String}",
+        parameters={"run": run_id},
+    ).result_rows
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def wait_stored(client: Client, run_id: str, expected: int, timeout: float = 120) -> None:
+    last = [(0, 0)]
+
+    def probe() -> bool | None:
+        try:
+            last[0] = stored(client, run_id)
+        except Exception:  # the warehouse may still be starting
+            return None
+        return True if last[0][1] >= expected else None
+
+    try:
+        wait_until(probe, timeout=timeout, what=f"{expected} events of run {run_id}", interval=0.2)
+    except Exception as exc:
+        raise AssertionError(f"stored (rows, distinct) = {last[0]}, expected {expected}") from exc
+
+
+def offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offsets of ``topic``, once every partition has a leader (a fresh broker)."""
+
+    def probe() -> dict[int, int] | None:
+        try:
+            return end_offsets(bootstrap, topic)
+        except BusError:
+            return None
+
+    return wait_until(probe, timeout=60, what=f"{topic} partition leaders", interval=0.2)
+
+
+def read_new(bootstrap: str, topic: str, start: dict[int, int]) -> list[Record]:
+    return read_range(bootstrap, topic, start, offsets(bootstrap, topic))
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    return wait_until(probe, timeout=timeout, what=what, interval=0.2)
+
+
+# --- events in, rows out; bad records to dead letters --------------------------------------
+
+
+def test_events_become_rows_and_bad_records_become_dead_letters(
+    stack: StackInfo,
+    workers: Callable[..., WorkerProcess],
+    warehouse: Client,
+    run_id: str,
+) -> None:
+    bootstrap = stack.bootstrap_servers
+    codec = AvroCodec()
+    good = payloads(run_id, 100, seed=21)
+    before, after = good[: len(good) // 2], good[len(good) // 2 :]
+    # The bad records share the key of an event published after them, so they sit in the same
+    # partition ahead of good records, which must still arrive.
+    key = after[0][0]
+    truncated = codec.encode("event", before[0][2])
+    alert = codec.encode(
+        "alert",
+        {
+            "event_id": str(uuid.uuid4()),
+            "trace_id": key.decode(),
+            "span_id": "0123456789abcdef",
+            "event_time": datetime.now(UTC),
+            "app": "worker-test",
+            "rule": "toxicity > 0.8",
+            "severity": "critical",
+            "status": "firing",
+            "dedup_key": "k",
+            "summary": "an alert on the events topic by mistake",
+        },
+    )
+    bad = {
+        "random": random.Random(5).randbytes(64),
+        "truncated": truncated[: len(truncated) // 2],
+        "alert": alert,
+    }
+    dead_start = offsets(bootstrap, DEADLETTER)
+    events_start = offsets(bootstrap, EVENTS)
+    publish(bootstrap, EVENTS, [(k, v) for k, v, _ in before])
+    publish(bootstrap, EVENTS, [(key, value) for value in bad.values()])
+    publish(bootstrap, EVENTS, [(k, v) for k, v, _ in after])
+
+    # Where the bad records landed, read back from the topic.
+    coordinates = {
+        name: next((r.partition, r.offset) for r in read_new(bootstrap, EVENTS, events_start)
+                   if r.value == value)
+        for name, value in bad.items()
+    }  # fmt: skip
+    assert len({p for p, _ in coordinates.values()}) == 1
+
+    worker = workers()
+    wait_stored(warehouse, run_id, len(good))
+    rows, distinct = stored(warehouse, run_id)
+    assert rows == distinct == len(good)
+
+    letters_by_source: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def letters_arrived() -> bool | None:
+        for record in read_new(bootstrap, DEADLETTER, dead_start):
+            letter = codec.decode(record.value, "dead_letter").record
+            if letter["source_topic"] == EVENTS:
+                letters_by_source[letter["source_partition"], letter["source_offset"]] = letter
+        return True if set(coordinates.values()) <= set(letters_by_source) else None
+
+    wait_for(letters_arrived, 60, "three dead letters")
+    for name, value in bad.items():
+        letter = letters_by_source[coordinates[name]]
+        assert letter["processor"] == "ingest"
+        assert letter["error_type"] == "DecodeError"
+        assert letter["payload"] == value
+        assert letter["key"] == key
+        assert letter["trace_id"] == key.decode()  # events are keyed by trace id
+    reasons = {name: letters_by_source[coordinates[name]]["reason"] for name in bad}
+    assert "unknown framing" in reasons["random"] or "fingerprint" in reasons["random"]
+    assert "cannot read undertow.Event" in reasons["truncated"]
+    assert reasons["alert"] == "expected a event record, got alert"
+
+    # Fields of a stored completion match its record, Kafka coordinates included.
+    where = read_new(bootstrap, EVENTS, events_start)
+    completion = next(r for _, _, r in good if event_type(r) == "completion")
+    source = next(m for m in where if m.value == codec.encode("event", completion))
+    row = warehouse.query(
+        "SELECT trace_id, span_id, parent_span_id, app, event_type, model, output_tokens, "
+        "completion_text, attributes['test_run'], kafka_topic, kafka_partition, kafka_offset "
+        "FROM events FINAL WHERE event_id = {id:UUID}",
+        parameters={"id": completion["event_id"]},
+    ).result_rows
+    body = completion["body"][1]
+    assert row == [
+        (
+            completion["trace_id"], completion["span_id"], completion["parent_span_id"],
+            "worker-test", "completion", body["model"], body["output_tokens"], body["text"],
+            run_id, EVENTS, source.partition, source.offset,
+        )
+    ]  # fmt: skip
+    by_type = dict(
+        warehouse.query(
+            "SELECT event_type, count() FROM events FINAL WHERE attributes['test_run'] = {r:String}"
+            " GROUP BY event_type",
+            parameters={"r": run_id},
+        ).result_rows
+    )
+    expected: dict[str, int] = {}
+    for _, _, r in good:
+        expected[event_type(r)] = expected.get(event_type(r), 0) + 1
+    assert by_type == expected
+
+    assert worker.terminate() == 0, worker.log()
+    assert "Traceback" not in worker.log(), worker.log()
+
+
+# --- SIGKILL mid-stream ------------------------------------------------------------------
+
+
+def test_a_killed_worker_resumes_without_loss_or_visible_duplicates(
+    stack: StackInfo,
+    workers: Callable[..., WorkerProcess],
+    warehouse: Client,
+    run_id: str,
+) -> None:
+    bootstrap = stack.bootstrap_servers
+    events = payloads(run_id, 1500, seed=22)  # ~4,500 events
+    total = len(events)
+    chunks = [events[i : i + 150] for i in range(0, total, 150)]
+    published = threading.Event()
+    failures: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:  # one acknowledged publish per chunk paces the stream
+                publish(bootstrap, EVENTS, [(k, v) for k, v, _ in chunk])
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            published.set()
+
+    # Small batches make the worker commit often, so the kill lands between commits.
+    first = workers(batch_size="100", batch_window_s="0.2", commit_interval_s="3")
+    producer = threading.Thread(target=produce, name="test-producer")
+    producer.start()
+    try:
+        wait_stored(warehouse, run_id, total // 5, timeout=120)
+        first.kill()
+        at_kill_ids, last_write_us = warehouse.query(
+            "SELECT groupArray(toString(event_id)), toUnixTimestamp64Micro(max(ingested_at)) "
+            "FROM events WHERE attributes['test_run'] = {run:String}",
+            parameters={"run": run_id},
+        ).result_rows[0]
+        at_kill = len(at_kill_ids)
+        assert at_kill < total, "the worker finished before it was killed; nothing was tested"
+
+        second = workers(batch_size="100", batch_window_s="0.2")
+        published.wait(timeout=300)
+    finally:
+        producer.join(timeout=300)
+    assert not failures, failures
+    wait_stored(warehouse, run_id, total, timeout=180)
+
+    rows, distinct = stored(warehouse, run_id)
+    final_rows, final_distinct = stored(warehouse, run_id, final=True)
+    # Events stored before the kill and written again by the replay (in a block whose
+    # boundaries differed from the first write, so its dedup token did not match). A merge
+    # keeps the later copy, so this counts them whether or not a merge already ran.
+    rewritten = warehouse.query(
+        "SELECT uniqExactIf(event_id, toUnixTimestamp64Micro(ingested_at) > {last:Int64}) "
+        "FROM events WHERE event_id IN {ids:Array(UUID)}",
+        parameters={"ids": at_kill_ids, "last": last_write_us},
+    ).result_rows[0][0]
+    print(
+        f"\ncrash test: {total} events sent, {at_kill} stored at SIGKILL; {rewritten} of "
+        f"those written again after the restart; {rows} raw rows at the end "
+        f"({rows - distinct} duplicates not yet merged), {final_rows} with FINAL"
+    )
+    assert distinct == total
+    assert final_rows == final_distinct == total
+    assert second.alive
+    assert second.terminate() == 0, second.log()
+
+
+# --- the warehouse away ------------------------------------------------------------------
+
+
+def test_a_30s_warehouse_outage_loses_nothing_and_the_worker_stays_up(
+    stack: StackInfo,
+    local_stack: LocalStack,
+    workers: Callable[..., WorkerProcess],
+    warehouse: Client,
+    run_id: str,
+) -> None:
+    bootstrap = stack.bootstrap_servers
+    events = payloads(run_id, 600, seed=23)
+    thirds = [events[i::3] for i in range(3)]
+    worker = workers()
+    publish(bootstrap, EVENTS, [(k, v) for k, v, _ in thirds[0]])
+    wait_stored(warehouse, run_id, len(thirds[0]))
+
+    assert local_stack.warehouse.stop()
+    outage_began = time.monotonic()
+    try:
+        publish(bootstrap, EVENTS, [(k, v) for k, v, _ in thirds[1]])
+        # Hold the outage for 30 s, checking all along that the worker lives.
+        while time.monotonic() - outage_began < 30:
+            assert worker.alive, worker.log()
+            with pytest.raises(subprocess.TimeoutExpired):
+                assert worker.proc is not None
+                worker.proc.wait(timeout=1)
+    finally:
+        info = local_stack.warehouse.start(timeout=120)
+    assert info.url == stack.clickhouse_url, "the warehouse came back on another port"
+    assert "failed, retrying" in worker.log()
+
+    publish(bootstrap, EVENTS, [(k, v) for k, v, _ in thirds[2]])
+    client = connect(stack.clickhouse_url, database=local_stack.settings.clickhouse_database)
+    wait_stored(client, run_id, len(events), timeout=180)
+    _, distinct = stored(client, run_id)
+    assert distinct == len(events)
+    assert stored(client, run_id, final=True)[0] == len(events)
+    assert worker.alive
+    assert worker.terminate() == 0, worker.log()
+
+
+def test_sigterm_while_the_warehouse_is_away_commits_nothing_unwritten(
+    stack: StackInfo,
+    local_stack: LocalStack,
+    workers: Callable[..., WorkerProcess],
+    run_id: str,
+) -> None:
+    """Faust acknowledges a take() batch when the agent is cancelled; the worker must not."""
+    bootstrap = stack.bootstrap_servers
+    events = payloads(run_id, 200, seed=24)
+    client = connect(stack.clickhouse_url, database=local_stack.settings.clickhouse_database)
+    first = workers()
+    # A warm-up event proves the worker consumes before the warehouse goes away.
+    publish(bootstrap, EVENTS, [(k, v) for k, v, _ in events[:1]])
+    wait_stored(client, run_id, 1)
+
+    assert local_stack.warehouse.stop()
+    try:
+        publish(bootstrap, EVENTS, [(k, v) for k, v, _ in events[1:]])
+        wait_for(lambda: True if "failed, retrying" in first.log() else None, 60, "a retry")
+        assert first.terminate(timeout=60) == 0, first.log()
+    finally:
+        info = local_stack.warehouse.start(timeout=120)
+    assert info.url == stack.clickhouse_url
+
+    client = connect(stack.clickhouse_url, database=local_stack.settings.clickhouse_database)
+    assert stored(client, run_id)[1] == 1  # nothing more got in while it was away
+    second = workers()
+    wait_stored(client, run_id, len(events))
+    assert stored(client, run_id, final=True)[0] == len(events)
+    assert second.terminate() == 0, second.log()
+
+
+# --- the sink on its own -----------------------------------------------------------------
+
+
+def test_the_sink_drops_a_replayed_block_and_isolates_a_refused_row(
+    stack: StackInfo, stack_settings: StackSettings, warehouse: Client, run_id: str
+) -> None:
+    import asyncio
+
+    from undertow.streams.sink import Backoff, EventSink, SinkItem, warehouse_connector
+
+    records = [r for _, _, r in payloads(run_id, 20, seed=25)]
+    items = [SinkItem(r, EVENTS, 0, 1000 + i) for i, r in enumerate(records)]
+    sink = EventSink(
+        warehouse_connector(
+            stack.clickhouse_url, stack_settings.clickhouse_database, "default", "", 10.0
+        ),
+        backoff=Backoff(0.05, 0.2),
+    )
+    try:
+        first = asyncio.run(sink.write(items))
+        assert (first.rows, first.blocks, first.rejected) == (len(items), 1, [])
+        # The same offsets again (a replay with the same boundaries): dropped by the token.
+        asyncio.run(sink.write(items))
+        assert stored(warehouse, run_id) == (len(items), len(items))
+        # Other boundaries: stored again raw, collapsed under FINAL.
+        asyncio.run(sink.write(items[:5]))
+        assert stored(warehouse, run_id) == (len(items) + 5, len(items))
+        assert stored(warehouse, run_id, final=True) == (len(items), len(items))
+
+        # A completion whose token count cannot be a UInt32: that row alone is refused.
+        poison_at = next(i for i, r in enumerate(records) if event_type(r) == "completion")
+        poisoned = dict(records[poison_at])
+        poisoned["event_id"] = str(uuid.uuid4())
+        poisoned["body"] = (poisoned["body"][0], {**poisoned["body"][1], "output_tokens": -1})
+        fresh = [dict(r, event_id=str(uuid.uuid4())) for r in records[:5]]
+        batch = [SinkItem(r, EVENTS, 1, 5000 + i) for i, r in enumerate([*fresh, poisoned])]
+        result = asyncio.run(sink.write(batch))
+        assert [r.item.offset for r in result.rejected] == [5005]
+        assert "refused" in result.rejected[0].reason
+        assert result.rows == 5
+        assert stored(warehouse, run_id, final=True)[1] == len(items) + 5
+    finally:
+        sink.close()
