@@ -9,10 +9,13 @@ or whatever arrived within ``batch_window_s``):
 2. call the **enrich hook** on the decoded items (identity until the scorers plug in);
 3. write them through :class:`~undertow.streams.sink.EventSink` (idempotent, retries until the
    warehouse takes them); rows the warehouse can never store become dead letters too;
-4. publish the dead letters (retried until the broker takes them).
+4. hand the stored items to the ``on_stored`` hook (the worker publishes the scored events
+   and folds them into its open traces there);
+5. publish the dead letters (retried until the broker takes them).
 
 Only when :meth:`Ingest.process` returns may the caller acknowledge the batch's records; it
-returns only after steps 3 and 4 succeeded, and never raises for bad data or outages.
+returns only after steps 3 to 5 succeeded, and never raises for bad data or outages (the
+``on_stored`` hook retries its own outages; an exception from it is a bug and propagates).
 
 The enrich hook
 ---------------
@@ -47,6 +50,7 @@ PROCESSOR = "ingest"
 
 Enrich = Callable[[list[SinkItem]], list[SinkItem]]
 PublishDeadLetters = Callable[[Sequence[bytes]], Awaitable[None]]
+OnStored = Callable[[list[SinkItem]], Awaitable[None]]
 
 
 class ProcessorError(UndertowError):
@@ -138,9 +142,11 @@ class Ingest:
         codec: AvroCodec | None = None,
         backoff: Backoff | None = None,
         processor: str = PROCESSOR,
+        on_stored: OnStored | None = None,
     ) -> None:
         self.sink = sink
         self.enrich = enrich
+        self.on_stored = on_stored
         self.codec = codec or AvroCodec()
         self.processor = processor
         self._publish = publish_dead_letters
@@ -159,6 +165,11 @@ class Ingest:
             items, failed = await self._enrich(items, by_coordinates)
             letters += failed
         result = await self.sink.write(items)
+        if self.on_stored is not None:
+            refused = {(r.item.topic, r.item.partition, r.item.offset) for r in result.rejected}
+            stored = [i for i in items if (i.topic, i.partition, i.offset) not in refused]
+            if stored:
+                await self.on_stored(stored)
         for rejected in result.rejected:
             item = rejected.item
             source = by_coordinates[(item.topic, item.partition, item.offset)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import time
 from typing import Annotated, Any, Literal
 
 import typer
@@ -193,12 +194,20 @@ def worker(
 ) -> None:
     """Run a stream worker in the foreground until SIGTERM or Ctrl-C.
 
-    ingest: events from Kafka into ClickHouse, undecodable ones to the dead-letter topic.
+    ingest: events from Kafka into ClickHouse, scored (embeddings, toxicity, injection,
+    tokens and cost, retrieval quality) into scores and embeddings and onto the scored topic;
+    finished traces into traces; undecodable records to the dead-letter topic.
     Settings come from UNDERTOW_WORKER_* variables; Kafka and ClickHouse default to the local
     stack's. Offsets are committed only after the warehouse stored the rows.
     """
     from undertow.infra.stack import LocalStack
-    from undertow.streams.app import WorkerHealth, build_app, run_worker
+    from undertow.streams.app import (
+        WorkerHealth,
+        build_app,
+        default_enricher,
+        ensure_changelog_topic,
+        run_worker,
+    )
     from undertow.streams.settings import WorkerSettings
 
     overrides: dict[str, Any] = {"role": role} if role else {}
@@ -228,11 +237,22 @@ def worker(
         for noisy in ("urllib3", "clickhouse_connect"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     health = WorkerHealth()
-    faust_app = build_app(settings, health=health)
+    partitions = ensure_changelog_topic(settings)
+    began = time.perf_counter()
+    faust_app = build_app(
+        settings, enricher=default_enricher(settings), health=health, partitions=partitions
+    )
+    scoring = (
+        f"scoring with {settings.embedder}, {settings.toxicity or 'no toxicity'}, "
+        f"{settings.injection or 'no injection'}"
+        if settings.enrich
+        else "scoring off"
+    )
     console.print(
         f"worker {settings.role} (group {settings.consumer_group}): "
         f"{settings.events_topic} on {settings.bootstrap_servers} -> "
-        f"{settings.clickhouse_url}/{settings.clickhouse_database}",
+        f"{settings.clickhouse_url}/{settings.clickhouse_database}; {scoring} "
+        f"(ready in {time.perf_counter() - began:.1f} s)",
         highlight=False,
     )
     code = run_worker(faust_app, health)

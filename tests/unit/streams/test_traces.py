@@ -280,12 +280,16 @@ def test_accumulator_emits_ready_traces_in_start_order() -> None:
         acc.add(r, now=55.0)
     orphan = event("feedback", {"score": 0.0}, app="chat", trace_id="c" * 32, event_time=at(-1))
     acc.add(orphan, now=0.0)
-    assert acc.pop_ready(now=59.0) == []
-    rows = acc.pop_ready(now=65.0)
-    assert [r["trace_id"] for r in rows] == [TRACE, other]  # same start: by trace id
-    assert set(acc.states) == {"c" * 32}
-    expired = acc.pop_ready(now=100.0)
-    assert [(r["trace_id"], r["completions"], r["span_count"]) for r in expired] == [
+    # feedback alone is the late part of a trace already written: done once idle
+    late = acc.pop_ready(now=59.0)
+    assert [(r["trace_id"], r["completions"], r["span_count"]) for r in late] == [
         ("c" * 32, 0, 1)
     ]
+    rows = acc.pop_ready(now=65.0)
+    assert [r["trace_id"] for r in rows] == [TRACE, other]  # same start: by trace id
+    assert acc.states == {}
+    prompt_only = rag_trace("d" * 32)[0]
+    acc.add(prompt_only, now=70.0)
+    assert acc.pop_ready(now=169.0) == []  # no completion: open until max age
+    assert [r["trace_id"] for r in acc.pop_ready(now=170.0)] == ["d" * 32]
     assert acc.states == {}
