@@ -270,8 +270,7 @@ def _add_ingest(
     table = app.Table(
         "traces",
         partitions=partitions,
-        key_serializer="json",
-        value_serializer="json",
+        # no key/value types: keys and values go through Faust's json codec as they are
         help="open traces: state and scoring context by trace_id",
     )
 
@@ -349,11 +348,12 @@ def _add_ingest(
             for event in events:
                 await stream.ack(event)
             logger.debug(
-                "batch of %d: %d stored, %d dead letters, %.3f s",
+                "batch of %d: %d stored, %d dead letters, %.3f s (%s)",
                 report.records,
                 report.stored,
                 report.dead_letters,
                 report.seconds,
+                ", ".join(f"{step} {s:.3f}" for step, s in report.steps.items()),
             )
 
     app.agent(source, name=f"undertow.streams.{settings.role}")(ingest_events)

@@ -319,15 +319,17 @@ class Enricher:
                 **common,
             )
         if w.kind == "retrieval":
+            # No documents (or none with text) is a context too: the latest retrieval's.
+            empty = np.zeros((0, self.embedder.dim), dtype=np.float32)
             return Scored(
                 scores=w.scores,
                 scorer_versions=versions,
-                context_vectors=w.doc_vectors,
+                context_vectors=w.doc_vectors if w.doc_vectors is not None else empty,
                 **common,
             )
         if w.kind != "completion":
             return Scored(scores=w.scores, scorer_versions=versions, **common)
-        if context.documents is not None and "completion" in w.vectors:
+        if context.documents is not None and len(context.documents) and "completion" in w.vectors:
             grounded = groundedness_batch(w.vectors["completion"][None, :], [context.documents])[0]
             w.scores.update(grounded.scores())
         tokens = self._tokens(w, context)

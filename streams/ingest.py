@@ -90,6 +90,7 @@ class BatchReport:
     dead_letters: int
     sink_retries: int
     seconds: float
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
 def decode_batch(
@@ -157,19 +158,30 @@ class Ingest:
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         """Handle one batch; returns once its rows and dead letters are durable."""
         began = time.perf_counter()
+        steps: dict[str, float] = {}
+
+        def lap(step: str, since: float) -> float:
+            now = time.perf_counter()
+            steps[step] = now - since
+            return now
+
         by_coordinates = {(r.topic, r.partition, r.offset): r for r in records}
         decoded = decode_batch(records, self.codec, self.processor)
         letters = decoded.dead_letters
         items = decoded.items
+        mark = lap("decode", began)
         if items and self.enrich is not identity:
             items, failed = await self._enrich(items, by_coordinates)
             letters += failed
+            mark = lap("enrich", mark)
         result = await self.sink.write(items)
+        mark = lap("sink", mark)
         if self.on_stored is not None:
             refused = {(r.item.topic, r.item.partition, r.item.offset) for r in result.rejected}
             stored = [i for i in items if (i.topic, i.partition, i.offset) not in refused]
             if stored:
                 await self.on_stored(stored)
+            mark = lap("on_stored", mark)
         for rejected in result.rejected:
             item = rejected.item
             source = by_coordinates[(item.topic, item.partition, item.offset)]
@@ -187,6 +199,7 @@ class Ingest:
             dead_letters=len(letters),
             sink_retries=result.retries,
             seconds=time.perf_counter() - began,
+            steps=steps,
         )
 
     async def _enrich(

@@ -191,6 +191,9 @@ def worker(
     role: Annotated[
         Literal["ingest"] | None, typer.Option(help="the processor to run (default: ingest)")
     ] = None,
+    log_batches: Annotated[
+        bool, typer.Option(help="log one line per batch with the time of each step")
+    ] = False,
 ) -> None:
     """Run a stream worker in the foreground until SIGTERM or Ctrl-C.
 
@@ -231,7 +234,7 @@ def worker(
         defaults["bootstrap_servers"] = settings.bootstrap_servers or bootstrap
         defaults["clickhouse_url"] = settings.clickhouse_url or url
     settings = settings.model_copy(update=defaults)
-    logging.getLogger("undertow.streams").setLevel(logging.INFO)
+    logging.getLogger("undertow.streams").setLevel(logging.DEBUG if log_batches else logging.INFO)
     if logging.getLogger().level > logging.DEBUG:
         # The sink reports outages itself, once per interval; the HTTP client would per try.
         for noisy in ("urllib3", "clickhouse_connect"):

@@ -63,7 +63,7 @@ SELECT
     sum(completions) AS completions,
     sum(feedbacks) AS feedbacks,
     sum(latency_ms) AS latency_ms,
-    dateDiff('millisecond', min(start_time), max(end_time)) AS duration_ms,
+    toFloat64(dateDiff('microsecond', min(t.start_time), max(t.end_time))) / 1000 AS duration_ms,
     sum(input_tokens) AS input_tokens,
     sum(output_tokens) AS output_tokens,
     sum(cached_tokens) AS cached_tokens,
@@ -74,6 +74,6 @@ SELECT
     arraySort(groupUniqArrayArray(prompt_versions)) AS prompt_versions,
     max(max_toxicity) AS max_toxicity,
     max(max_injection) AS max_injection,
-    argMaxIf(feedback_score, end_time, feedback_score IS NOT NULL) AS feedback_score
-FROM traces FINAL
+    argMaxIf(t.feedback_score, t.end_time, t.feedback_score IS NOT NULL) AS feedback_score
+FROM traces AS t FINAL
 GROUP BY app, trace_id;
