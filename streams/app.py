@@ -137,11 +137,52 @@ def build_app(
         processing_guarantee="at_least_once",
         worker_redirect_stdouts=False,
     )
+    _refuse_stale_acks(app)
     if settings.role == "ingest":
         if partitions is None:
             partitions = event_partitions(settings)
         _add_ingest(app, settings, enricher if settings.enrich else None, health, partitions)
     return app
+
+
+def _refuse_stale_acks(app: Any) -> None:
+    """Keep Faust from acknowledging records it skipped after a rebalance, and read them again.
+
+    A record fetched before a rebalance and reaching the stream after it belongs to the old
+    consumer generation: Faust skips it, and also *acknowledges* it, so the next commit may
+    move past a record that was never processed; nor does it fetch the record again. A worker
+    restarted after a crash (a rebalance while it fetches) lost such records, found by
+    tests/integration/test_worker.py. Here the acknowledgement of a stale-generation record is
+    refused, which keeps the committed offset below it, and a timer seeks its partition back
+    to the lowest skipped offset, so the record is fetched again in the current generation
+    and stored; records re-read on the way are duplicates the sink absorbs.
+    """
+    consumer = app.consumer
+    acknowledge = consumer.ack
+    skipped: dict[Any, int] = {}
+
+    def ack(message: Any) -> bool:
+        generation = getattr(message, "generation_id", None)
+        if generation is not None and generation != app.consumer_generation_id:
+            tp = message.tp
+            skipped[tp] = min(skipped.get(tp, message.offset), message.offset)
+            return False
+        return bool(acknowledge(message))
+
+    consumer.ack = ack
+
+    async def read_skipped_again() -> None:
+        if not skipped or app.rebalancing:
+            return
+        assigned = consumer.assignment()
+        pending = dict(skipped)
+        skipped.clear()
+        for tp, offset in pending.items():
+            if tp in assigned:
+                logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
+                await consumer.seek(tp, offset)
+
+    app.timer(0.5, name="undertow.streams.reread")(read_skipped_again)
 
 
 def event_partitions(settings: WorkerSettings) -> int:
@@ -359,6 +400,14 @@ def _add_ingest(
     app.agent(source, name=f"undertow.streams.{settings.role}")(ingest_events)
 
     async def write_finished_traces() -> None:
+        try:
+            await _write_finished_traces()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a timer that raises crashes the app; the next tick tries again
+            logger.error("writing finished traces failed; retrying on the next tick", exc_info=True)
+
+    async def _write_finished_traces() -> None:
         if app.rebalancing:
             return  # the table may be half recovered; the assignment is changing
         owned = {

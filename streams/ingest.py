@@ -6,7 +6,7 @@ or whatever arrived within ``batch_window_s``):
 1. decode each record as an ``event`` (:class:`~undertow.schemas.codec.AvroCodec`); bytes that
    are not one (random bytes, a truncated record, a valid record of another type) become
    ``DeadLetter`` records, and the rest flows on;
-2. call the **enrich hook** on the decoded items (identity until the scorers plug in);
+2. call the **enrich hook** on the decoded items (the scorers; the identity when scoring is off);
 3. write them through :class:`~undertow.streams.sink.EventSink` (idempotent, retries until the
    warehouse takes them); rows the warehouse can never store become dead letters too;
 4. hand the stored items to the ``on_stored`` hook (the worker publishes the scored events
@@ -23,8 +23,8 @@ The enrich hook
 worker thread so the event loop keeps heartbeating while models run. Each
 :class:`~undertow.streams.sink.SinkItem` is ``(record, topic, partition, offset, scores)``: the
 decoded event, its Kafka coordinates and ``scores=None``. The hook returns the same items (same
-coordinates, any order) with ``scores`` filled where it scored something, e.g.
-``item._replace(scores={"toxicity": 0.02, "injection": 0.91, "embedding": [...]})``. It must not
+coordinates, any order) with ``scores`` set to a :class:`~undertow.streams.scored.Scored`
+where it scored something (:class:`~undertow.streams.enrich.Enricher` is the real one). It must not
 drop or invent items (that is checked). If it raises, the batch is split in halves and retried,
 down to single items; an item that fails alone is dead-lettered with the hook's error, so one
 poisonous record cannot stall the stream.

@@ -136,6 +136,15 @@ class Block:
     table: str = "events"
     columns: tuple[str, ...] = EVENT_COLUMNS
 
+    def describe(self) -> str:
+        """For logs: the table, row count and source offsets (never row contents)."""
+        if not self.items:
+            return f"{len(self.rows)} {self.table} rows"
+        return (
+            f"{len(self.rows)} {self.table} rows ({self.topic}[{self.partition}] offsets "
+            f"{self.first_offset}-{self.last_offset})"
+        )
+
     @property
     def first_offset(self) -> int:
         return self.items[0].offset
@@ -376,13 +385,8 @@ class EventSink:
                 if now - last_log >= self._log_every_s:
                     last_log = now
                     logger.warning(
-                        "warehouse write of %d rows (%s[%d] offsets %d-%d) failed, retrying "
-                        "for %.0f s so far: %s",
-                        len(block.rows),
-                        block.topic,
-                        block.partition,
-                        block.first_offset,
-                        block.last_offset,
+                        "warehouse write of %s failed, retrying for %.0f s so far: %s",
+                        block.describe(),
                         now - waited_since,
                         _describe(exc, 300),
                     )

@@ -19,10 +19,13 @@ in partitions this worker owns; the worker writes their rows, then :meth:`TraceS
 deletes them (a tombstone in the changelog), unless an event arrived for the trace in the
 meantime, in which case it stays open and is written later with everything.
 
-Limits, stated plainly: a worker killed between writing a batch of trace rows and deleting
-them writes those rows again after recovery (the insert is deduplicated only when the same
-rows form the same block again), and an event arriving after its trace was written starts a
-partial entry (the table's sums add the parts).
+Exactly once: a trace row is keyed by its ``part`` (the first event id of the entry), so a
+worker killed between writing rows and deleting their entries writes the same parts again
+after recovery, and the table keeps one of each. Traces are written only after ``idle_s`` of
+quiet, at least twice the commit interval (the settings check it), so their events are
+committed by then and a crash cannot replay a subset of them into a second part. An event
+arriving after its trace was written (late feedback) starts a new part; the ``trace_totals``
+view adds the parts up.
 """
 
 from __future__ import annotations

@@ -235,6 +235,8 @@ def worker(
         defaults["clickhouse_url"] = settings.clickhouse_url or url
     settings = settings.model_copy(update=defaults)
     logging.getLogger("undertow.streams").setLevel(logging.DEBUG if log_batches else logging.INFO)
+    if log_batches:  # with Faust's own account of rebalances and table recovery
+        logging.getLogger("faust").setLevel(logging.INFO)
     if logging.getLogger().level > logging.DEBUG:
         # The sink reports outages itself, once per interval; the HTTP client would per try.
         for noisy in ("urllib3", "clickhouse_connect"):
