@@ -19,13 +19,16 @@ in partitions this worker owns; the worker writes their rows, then :meth:`TraceS
 deletes them (a tombstone in the changelog), unless an event arrived for the trace in the
 meantime, in which case it stays open and is written later with everything.
 
-Exactly once: a trace row is keyed by its ``part`` (the first event id of the entry), so a
-worker killed between writing rows and deleting their entries writes the same parts again
-after recovery, and the table keeps one of each. Traces are written only after ``idle_s`` of
-quiet, at least twice the commit interval (the settings check it), so their events are
-committed by then and a crash cannot replay a subset of them into a second part. An event
-arriving after its trace was written (late feedback) starts a new part; the ``trace_totals``
-view adds the parts up.
+Exactly once: an entry remembers the highest source offset it counted per partition, so
+records read again after a crash (past the last commit, but already in the changelog) are not
+counted twice. An entry is written only once the consumer has *committed* past every record it
+counted (``ready``'s ``committed``), so no crash can later replay one of them into a second
+part after this one was written and deleted; a worker that recovers idle traces after a crash
+first reads and commits the replayed records, then writes. A trace row is keyed by its
+``part`` (the first event id of the entry), so a worker killed between writing rows and
+deleting their entries writes the same parts again after recovery, and the table keeps one of
+each. An event arriving after its trace was written (late feedback) starts a new part; the
+``trace_totals`` view adds the parts up.
 """
 
 from __future__ import annotations
@@ -50,17 +53,21 @@ Send = Callable[[int, str, Mapping[str, Any] | None], None]
 
 
 class TraceEntry(NamedTuple):
-    """One open trace: where it lives, what it adds up to, and its scoring context."""
+    """One open trace: where it lives, what it adds up to, its scoring context, and the
+    highest source offset folded in, per source partition (the replay guard)."""
 
     partition: int
     state: TraceState
     context: TraceContext
+    offsets: Mapping[int, int] = {}
 
     def to_value(self) -> dict[str, Any]:
         return {
             "partition": self.partition,
             "state": self.state.to_dict(),
             "context": self.context.to_dict(),
+            # JSON object keys are strings
+            "offsets": {str(p): o for p, o in self.offsets.items()},
         }
 
     @classmethod
@@ -70,9 +77,14 @@ class TraceEntry(NamedTuple):
                 int(value["partition"]),
                 TraceState.from_dict(value["state"]),
                 TraceContext.from_dict(value.get("context")),
+                {int(p): int(o) for p, o in (value.get("offsets") or {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TraceError(f"not a stored trace entry: {exc}") from exc
+
+    def folded(self, partition: int, offset: int) -> bool:
+        """Whether the record at ``offset`` of ``partition`` is already counted here."""
+        return offset <= self.offsets.get(partition, -1)
 
 
 class TraceStore:
@@ -106,12 +118,19 @@ class TraceStore:
         """Fold stored (and scored) events into their traces; returns the traces touched.
 
         Each touched trace's new value is written once, with one changelog record.
+
+        Records already folded in are skipped: a worker that crashed after updating the
+        table but before committing its offsets reads those records again, and the entry
+        it recovers from the changelog remembers the highest offset it counted per source
+        partition (records of a partition come in offset order).
         """
         now = self.clock()
         touched: dict[str, TraceEntry] = {}
         for item in sorted(items, key=lambda i: (i.topic, i.partition, i.offset)):
             trace_id = str(item.record["trace_id"])
             entry = touched.get(trace_id) or self.get(trace_id)
+            if entry is not None and entry.folded(item.partition, item.offset):
+                continue
             scored = item.scores if isinstance(item.scores, Scored) else None
             state = update(
                 entry.state if entry else None,
@@ -122,7 +141,8 @@ class TraceStore:
             context = entry.context if entry else TraceContext()
             if scored is not None:
                 context = context.updated(scored)
-            touched[trace_id] = TraceEntry(item.partition, state, context)
+            offsets = {**(entry.offsets if entry else {}), item.partition: item.offset}
+            touched[trace_id] = TraceEntry(item.partition, state, context, offsets)
         for trace_id, entry in touched.items():
             value = entry.to_value()
             self.data[trace_id] = value
@@ -130,9 +150,18 @@ class TraceStore:
         return len(touched)
 
     def ready(
-        self, now: float | None = None, owned: Callable[[int], bool] = lambda _: True
+        self,
+        now: float | None = None,
+        owned: Callable[[int], bool] = lambda _: True,
+        committed: Callable[[int], int | None] | None = None,
     ) -> list[TraceEntry]:
         """Entries of owned partitions whose trace is done, oldest first.
+
+        ``committed(partition)`` is the consumer's committed offset of a source partition
+        (the next offset a restarted consumer would read; None: nothing committed). An
+        entry is written only once every record it counted is below that offset: until
+        then a crash could replay some of its records into a new, second part of the trace
+        after this part was written and deleted. None skips the check (tests, backfills).
 
         Entries of partitions this worker no longer owns are dropped from memory (their new
         owner recovered them from the changelog), without a tombstone.
@@ -145,8 +174,14 @@ class TraceStore:
                 self.data.pop(trace_id, None)
                 continue
             state = TraceState.from_dict(value["state"])  # the context is decoded if ready
-            if readiness(state, now, idle_s=self.idle_s, max_age_s=self.max_age_s):
-                out.append(TraceEntry.from_value(value))
+            if not readiness(state, now, idle_s=self.idle_s, max_age_s=self.max_age_s):
+                continue
+            entry = TraceEntry.from_value(value)
+            if committed is None or all(
+                (done := committed(p)) is not None and done > offset
+                for p, offset in entry.offsets.items()
+            ):
+                out.append(entry)
         out.sort(key=lambda e: (e.state.start_us, e.state.trace_id))
         return out
 

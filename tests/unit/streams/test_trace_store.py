@@ -164,6 +164,40 @@ def test_a_later_event_restarts_the_idle_time() -> None:
     assert trace_ids(store.ready(now=clock.now + 10)) == [A]
 
 
+def test_a_replay_after_a_crash_is_counted_once_even_past_the_tracked_event_ids() -> None:
+    # The restarted worker recovers the entry from the changelog (a JSON round trip) and
+    # reads again from its last commit: offsets it already counted are skipped by offset,
+    # so the guard holds even for events the state no longer lists by id.
+    store, data, _, _ = make_store(JsonTable())
+    items = [item(record("prompt", A, 0), 2, 40), item(record("completion", A, 5), 2, 41)]
+    store.apply(items)
+    recovered, _, sent, _ = make_store(data)
+    data[A] = {**data[A], "state": {**data[A]["state"], "event_ids": []}}
+    assert recovered.apply(items) == 0
+    assert sent == []
+    entry = recovered.get(A)
+    assert entry is not None and entry.state.span_count == 2
+    assert entry.offsets == {2: 41}
+    later = item(record("feedback", A, 9), 2, 42)
+    assert recovered.apply([later]) == 1
+    entry = recovered.get(A)
+    assert entry is not None and entry.state.span_count == 3 and entry.offsets == {2: 42}
+
+
+def test_ready_waits_until_every_counted_record_is_committed() -> None:
+    store, _, _, clock = make_store()
+    store.apply([item(record("prompt", A, 0), 4, 7), item(record("completion", A, 5), 4, 8)])
+    store.apply([item(record("completion", B, 0), 1, 3)])
+    later = clock.now + 60
+    committed: dict[int, int | None] = {4: None, 1: 3}
+    assert store.ready(now=later, committed=committed.get) == []  # 3 is B's own record
+    committed.update({4: 8, 1: 4})
+    assert trace_ids(store.ready(now=later, committed=committed.get)) == [B]
+    committed[4] = 9  # the next offset to read is past A's last record
+    assert trace_ids(store.ready(now=later, committed=committed.get)) == [A, B]
+    assert trace_ids(store.ready(now=later)) == [A, B]  # no check asked for
+
+
 def test_ready_drops_entries_of_partitions_this_worker_no_longer_owns_without_a_send() -> None:
     store, data, sent, clock = make_store()
     store.apply(
