@@ -59,7 +59,7 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,12 +138,15 @@ def build_app(
         worker_redirect_stdouts=False,
     )
     _refuse_stale_acks(app)
-    if settings.auto_offset_reset == "earliest":
-        _reread_uncommitted_partitions(app, {settings.events_topic})
+    committed = _track_commits(
+        app, {settings.events_topic}, reread_uncommitted=settings.auto_offset_reset == "earliest"
+    )
     if settings.role == "ingest":
         if partitions is None:
             partitions = event_partitions(settings)
-        _add_ingest(app, settings, enricher if settings.enrich else None, health, partitions)
+        _add_ingest(
+            app, settings, enricher if settings.enrich else None, health, partitions, committed
+        )
     return app
 
 
@@ -187,29 +190,70 @@ def _refuse_stale_acks(app: Any) -> None:
     app.timer(0.5, name="undertow.streams.reread")(read_skipped_again)
 
 
-def _reread_uncommitted_partitions(app: Any, topics: set[str]) -> None:
-    """Make Faust's seek to committed offsets also cover partitions with no commit yet.
+class CommittedOffsets:
+    """The offsets the broker confirmed as committed for this consumer, by partition.
 
-    After each assignment Faust resumes fetching and then seeks every partition back to its
-    committed offset, so records fetched meanwhile and dropped (Faust discards records of
-    partitions it considers paused, or fetched across a generation change) are read again.
-    A partition without a committed offset (a new group, or nothing committed yet; Kafka
-    reports 0 the same way) is not sought at all, and the records fetched and dropped there
-    were lost: tests/integration/test_worker.py found 547 of 660 events never stored after a
-    restart. Here such partitions are sought to their first offset (the ``earliest`` reset
-    policy); what is read twice is a duplicate the sink absorbs.
+    Faust records an offset as committed even when the commit failed (a commit during a
+    rebalance is refused), so its own view can run ahead of the broker's; a trace written on
+    that view could have its records replayed into a second part after a crash or rebalance
+    (tests/integration/test_worker.py counted 4,945 spans for 4,941 events). This view moves
+    only on a commit the broker accepted, and is reset from the broker's committed offsets
+    after each assignment.
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def get(self, topic: str, partition: int) -> int | None:
+        return self._offsets.get((topic, partition))
+
+    def confirm(self, offsets: Mapping[Any, int | None]) -> None:
+        for tp, offset in offsets.items():
+            if offset is None:
+                self._offsets.pop((tp.topic, tp.partition), None)
+            else:
+                self._offsets[(tp.topic, tp.partition)] = int(offset)
+
+
+def _track_commits(app: Any, topics: set[str], *, reread_uncommitted: bool) -> CommittedOffsets:
+    """Wrap the consumer's commit and post-assignment seek (see :class:`CommittedOffsets`).
+
+    With ``reread_uncommitted`` (the ``earliest`` reset policy), the seek also covers
+    partitions with no committed offset. After each assignment Faust resumes fetching and
+    then seeks every partition back to its committed offset, so records fetched meanwhile
+    and dropped (Faust discards records of partitions it considers paused, or fetched across
+    a generation change) are read again. A partition without a committed offset (a new
+    group, or nothing committed yet; Kafka reports 0 the same way) is not sought at all, and
+    the records fetched and dropped there were lost: tests/integration/test_worker.py found
+    547 of 660 events never stored after a restart. Such partitions are sought to their
+    first offset; what is read twice is a duplicate the sink absorbs.
     """
     consumer = app.consumer
+    committed = CommittedOffsets()
+    commit = consumer._commit
     perform_seek = consumer.perform_seek
+
+    async def commit_confirmed(offsets: Mapping[Any, int]) -> bool:
+        assigned = consumer.assignment()  # the driver commits only these
+        done = bool(await commit(offsets))
+        if done:
+            committed.confirm({tp: o for tp, o in offsets.items() if tp in assigned})
+        return done
 
     async def perform_seek_all() -> None:
         await perform_seek()
-        committed = consumer._committed_offset  # Faust's view, updated by perform_seek
+        faust_view = consumer._committed_offset  # set from the broker by perform_seek
         for tp in sorted(consumer.assignment()):
-            if tp.topic in topics and not committed.get(tp):
+            if tp.topic not in topics:
+                continue
+            offset = faust_view.get(tp)
+            committed.confirm({tp: offset or None})
+            if reread_uncommitted and not offset:
                 await consumer.seek(tp, 0)
 
+    consumer._commit = commit_confirmed
     consumer.perform_seek = perform_seek_all
+    return committed
 
 
 def event_partitions(settings: WorkerSettings) -> int:
@@ -320,6 +364,7 @@ def _add_ingest(
     enricher: EnricherFactory | None,
     health: WorkerHealth | None,
     partitions: int,
+    committed: CommittedOffsets,
 ) -> None:
     backoff = Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s)
     sink = EventSink(
@@ -435,12 +480,7 @@ def _add_ingest(
             logger.error("writing finished traces failed; retrying on the next tick", exc_info=True)
 
     def committed_offset(partition: int) -> int | None:
-        # The offset this consumer last committed (Faust keeps it after each commit and
-        # after the seek that follows an assignment); Faust has no public accessor.
-        from faust.types import TP
-
-        offset = app.consumer._committed_offset.get(TP(settings.events_topic, partition))
-        return None if offset is None else int(offset)
+        return committed.get(settings.events_topic, partition)
 
     async def _write_finished_traces() -> None:
         if app.rebalancing:
