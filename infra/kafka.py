@@ -204,6 +204,11 @@ def ensure_topics(
     return created
 
 
+def topic_partitions(bootstrap: str, timeout: float = 30) -> dict[str, int]:
+    """Topic name to partition count, as the cluster at ``bootstrap`` reports it now."""
+    return _list_topics(_admin(bootstrap), bootstrap, timeout)
+
+
 def _admin(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap})
 

@@ -31,27 +31,47 @@ written batches), drops its buffers and moves on; the batch in hand stays unackn
 the partition's next owner reads it again. Faust commits only offsets of partitions still
 assigned, and a batch finished after its partition moved is a duplicate the sink absorbs.
 
+Scoring and open traces
+-----------------------
+With ``settings.enrich`` on, each batch is scored on a worker thread by an
+:class:`~undertow.streams.enrich.Enricher` built from the settings' scorer names (models load
+once, before the worker joins its group). After the sink stored a batch, the agent publishes
+its ``ScoredEvent`` records to ``undertow.scored.v1`` (waiting for the broker's acks) and folds
+the events into the open-traces table (a Faust table, in memory, backed by the compacted topic
+``<group>-traces-changelog``, which :func:`ensure_changelog_topic` creates with the event
+topic's partition count). A timer writes finished traces to ``traces`` and deletes them
+(:mod:`undertow.streams.trace_store`). Standby replicas are off: the timer runs on every
+worker and must only see the traces of partitions that worker owns.
+
 Example (``undertow worker`` does this)::
 
     settings = WorkerSettings(bootstrap_servers="127.0.0.1:9092",
                               clickhouse_url="http://127.0.0.1:8123")
-    app = build_app(settings)
+    ensure_changelog_topic(settings)
+    app = build_app(settings, enricher=default_enricher(settings))
     run_worker(app)
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from undertow.errors import ConfigError
+from undertow.schemas.codec import AvroCodec
+from undertow.streams.enrich import ContextLookup, Enricher
 from undertow.streams.ingest import Enrich, Ingest, SourceRecord, identity
+from undertow.streams.scored import Scored, scored_record
 from undertow.streams.settings import WorkerSettings
-from undertow.streams.sink import Backoff, EventSink, warehouse_connector
+from undertow.streams.sink import Backoff, EventSink, SinkItem, warehouse_connector
+from undertow.streams.trace_store import TraceStore
+from undertow.streams.traces import STORED_TRACE_COLUMNS, readiness, stored_row
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +83,23 @@ class WorkerHealth:
     failure: BaseException | None = None
 
 
+EnricherFactory = Callable[[ContextLookup], Enrich]
+
+
 def build_app(
     settings: WorkerSettings,
     *,
-    enrich: Enrich | None = None,
+    enricher: EnricherFactory | None = None,
     health: WorkerHealth | None = None,
+    partitions: int | None = None,
 ) -> Any:
     """The Faust app (``faust.App``) running the ``settings.role`` processor.
 
-    ``enrich`` is the scorers' hook (see :mod:`undertow.streams.ingest`); it is used when
-    ``settings.enrich`` is on, and the identity otherwise. ``health`` records a fatal failure.
+    ``enricher`` builds the scoring hook given the open traces' context lookup (see
+    :func:`default_enricher`); it is used when ``settings.enrich`` is on, and without one
+    events are stored unscored. ``health`` records a fatal failure. ``partitions`` is the
+    event topic's partition count (the open-traces table is co-partitioned with it); None
+    asks the broker.
     """
     import faust
 
@@ -98,6 +125,7 @@ def build_app(
         web_port=settings.web_port or 6066,
         topic_allow_declare=False,
         topic_disable_leader=True,
+        table_standby_replicas=0,  # see "Scoring and open traces" above
         consumer_auto_offset_reset=settings.auto_offset_reset,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
@@ -109,13 +137,234 @@ def build_app(
         processing_guarantee="at_least_once",
         worker_redirect_stdouts=False,
     )
+    _refuse_stale_acks(app)
+    committed = _track_commits(
+        app, {settings.events_topic}, reread_uncommitted=settings.auto_offset_reset == "earliest"
+    )
     if settings.role == "ingest":
-        _add_ingest(app, settings, enrich if settings.enrich and enrich else identity, health)
+        if partitions is None:
+            partitions = event_partitions(settings)
+        _add_ingest(
+            app, settings, enricher if settings.enrich else None, health, partitions, committed
+        )
     return app
 
 
+def _refuse_stale_acks(app: Any) -> None:
+    """Keep Faust from acknowledging records it skipped after a rebalance, and read them again.
+
+    A record fetched before a rebalance and reaching the stream after it belongs to the old
+    consumer generation: Faust skips it, and also *acknowledges* it, so the next commit may
+    move past a record that was never processed; nor does it fetch the record again. A worker
+    restarted after a crash (a rebalance while it fetches) lost such records, found by
+    tests/integration/test_worker.py. Here the acknowledgement of a stale-generation record is
+    refused, which keeps the committed offset below it, and a timer seeks its partition back
+    to the lowest skipped offset, so the record is fetched again in the current generation
+    and stored; records re-read on the way are duplicates the sink absorbs.
+    """
+    consumer = app.consumer
+    acknowledge = consumer.ack
+    skipped: dict[Any, int] = {}
+
+    def ack(message: Any) -> bool:
+        generation = getattr(message, "generation_id", None)
+        if generation is not None and generation != app.consumer_generation_id:
+            tp = message.tp
+            skipped[tp] = min(skipped.get(tp, message.offset), message.offset)
+            return False
+        return bool(acknowledge(message))
+
+    consumer.ack = ack
+
+    async def read_skipped_again() -> None:
+        if not skipped or app.rebalancing:
+            return
+        assigned = consumer.assignment()
+        pending = dict(skipped)
+        skipped.clear()
+        for tp, offset in pending.items():
+            if tp in assigned:
+                logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
+                await consumer.seek(tp, offset)
+
+    app.timer(0.5, name="undertow.streams.reread")(read_skipped_again)
+
+
+class CommittedOffsets:
+    """The offsets the broker confirmed as committed for this consumer, by partition.
+
+    Faust records an offset as committed even when the commit failed (a commit during a
+    rebalance is refused), so its own view can run ahead of the broker's; a trace written on
+    that view could have its records replayed into a second part after a crash or rebalance
+    (tests/integration/test_worker.py counted 4,945 spans for 4,941 events). This view moves
+    only on a commit the broker accepted, and is reset from the broker's committed offsets
+    after each assignment.
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def get(self, topic: str, partition: int) -> int | None:
+        return self._offsets.get((topic, partition))
+
+    def confirm(self, offsets: Mapping[Any, int | None]) -> None:
+        for tp, offset in offsets.items():
+            if offset is None:
+                self._offsets.pop((tp.topic, tp.partition), None)
+            else:
+                self._offsets[(tp.topic, tp.partition)] = int(offset)
+
+
+def _track_commits(app: Any, topics: set[str], *, reread_uncommitted: bool) -> CommittedOffsets:
+    """Wrap the consumer's commit and post-assignment seek (see :class:`CommittedOffsets`).
+
+    With ``reread_uncommitted`` (the ``earliest`` reset policy), the seek also covers
+    partitions with no committed offset. After each assignment Faust resumes fetching and
+    then seeks every partition back to its committed offset, so records fetched meanwhile
+    and dropped (Faust discards records of partitions it considers paused, or fetched across
+    a generation change) are read again. A partition without a committed offset (a new
+    group, or nothing committed yet; Kafka reports 0 the same way) is not sought at all, and
+    the records fetched and dropped there were lost: tests/integration/test_worker.py found
+    547 of 660 events never stored after a restart. Such partitions are sought to their
+    first offset; what is read twice is a duplicate the sink absorbs.
+    """
+    consumer = app.consumer
+    committed = CommittedOffsets()
+    commit = consumer._commit
+    perform_seek = consumer.perform_seek
+
+    async def commit_confirmed(offsets: Mapping[Any, int]) -> bool:
+        assigned = consumer.assignment()  # the driver commits only these
+        done = bool(await commit(offsets))
+        if done:
+            committed.confirm({tp: o for tp, o in offsets.items() if tp in assigned})
+        return done
+
+    async def perform_seek_all() -> None:
+        await perform_seek()
+        faust_view = consumer._committed_offset  # set from the broker by perform_seek
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in topics:
+                continue
+            offset = faust_view.get(tp)
+            committed.confirm({tp: offset or None})
+            if reread_uncommitted and not offset:
+                await consumer.seek(tp, 0)
+
+    consumer._commit = commit_confirmed
+    consumer.perform_seek = perform_seek_all
+    return committed
+
+
+def event_partitions(settings: WorkerSettings) -> int:
+    """The partition count of the event topic, from the broker."""
+    from undertow.infra.kafka import topic_partitions
+
+    counts = topic_partitions(str(settings.bootstrap_servers))
+    if settings.events_topic not in counts:
+        raise ConfigError(
+            f"the topic {settings.events_topic} does not exist on {settings.bootstrap_servers}; "
+            "create the topics first (undertow infra up, or infra/topics.yaml)"
+        )
+    return counts[settings.events_topic]
+
+
+def ensure_changelog_topic(settings: WorkerSettings) -> int:
+    """Create the open-traces changelog topic if missing; returns the partition count.
+
+    Compacted, with as many partitions as the event topic: Faust recovers changelog
+    partition *n* to the owner of event partition *n*.
+    """
+    from undertow.infra.kafka import TopicSpec, ensure_topics
+
+    partitions = event_partitions(settings)
+    spec = TopicSpec(
+        settings.traces_changelog_topic,
+        partitions,
+        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "3600000"},
+    )
+    ensure_topics(str(settings.bootstrap_servers), [spec])
+    return partitions
+
+
+def default_enricher(settings: WorkerSettings) -> EnricherFactory:
+    """Builds the :class:`Enricher` the settings name: embedder, toxicity and injection
+    scorers by registered name, the shipped token encodings and price table."""
+
+    def build(contexts: ContextLookup) -> Enrich:
+        import undertow.streams.scoring  # noqa: F401  (registers the implementations)
+        from undertow.streams.cost import PriceTable
+        from undertow.streams.scoring.base import (
+            create,
+            create_embedder,
+            embedder_factory,
+            scorer_factory,
+        )
+        from undertow.streams.tokens import TokenCounter
+
+        embedder = create_embedder(
+            settings.embedder,
+            **_supported(
+                embedder_factory(settings.embedder),
+                model_name_or_path=settings.embedding_model,
+                device=settings.device,
+                batch_size=settings.embedding_batch_size,
+            ),
+        )
+        toxicity = None
+        if settings.toxicity:
+            toxicity = create(
+                settings.toxicity,
+                **_supported(
+                    scorer_factory(settings.toxicity),
+                    model_path=settings.toxicity_model_path,
+                    checkpoint=settings.toxicity_checkpoint,
+                    device=settings.device,
+                ),
+            )
+        injection = None
+        if settings.injection:
+            injection = create(
+                settings.injection,
+                **_supported(
+                    scorer_factory(settings.injection),
+                    artifact=settings.injection_artifact,
+                    embedder=embedder,
+                ),
+            )
+        return Enricher(
+            embedder,
+            toxicity=toxicity,
+            injection=injection,
+            counter=TokenCounter(),
+            prices=PriceTable.load(settings.price_table),
+            contexts=contexts,
+            max_documents=settings.max_context_documents,
+        )
+
+    return build
+
+
+def _supported(factory: Callable[..., Any] | None, **options: Any) -> dict[str, Any]:
+    """The options (not None) that ``factory`` takes by name."""
+    if factory is None:
+        return {}
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {
+        name: value
+        for name, value in options.items()
+        if value is not None and (takes_any or name in params)
+    }
+
+
 def _add_ingest(
-    app: Any, settings: WorkerSettings, enrich: Enrich, health: WorkerHealth | None
+    app: Any,
+    settings: WorkerSettings,
+    enricher: EnricherFactory | None,
+    health: WorkerHealth | None,
+    partitions: int,
+    committed: CommittedOffsets,
 ) -> None:
     backoff = Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s)
     sink = EventSink(
@@ -128,16 +377,60 @@ def _add_ingest(
         ),
         backoff=backoff,
     )
+    codec = AvroCodec()
     deadletter_topic = settings.deadletter_topic
+    scored_topic = settings.scored_topic
+    table = app.Table(
+        "traces",
+        partitions=partitions,
+        # no key/value types: keys and values go through Faust's json codec as they are
+        help="open traces: state and scoring context by trace_id",
+    )
 
-    async def publish_dead_letters(values: Sequence[bytes]) -> None:
+    def send_changelog(partition: int, key: str, value: Any) -> None:
+        if value is None:
+            table.send_changelog(partition, key, None, value_serializer="raw")
+        else:
+            table.send_changelog(partition, key, value)
+
+    store = TraceStore(
+        table.data,
+        send_changelog,
+        idle_s=settings.trace_idle_s,
+        max_age_s=settings.trace_max_age_s,
+    )
+
+    async def send_all(topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         producer = app.producer
         pending = [
-            await producer.send(deadletter_topic, None, value, None, None, None) for value in values
+            await producer.send(topic, key, value, None, None, None) for key, value in messages
         ]
         await asyncio.gather(*pending)
 
-    ingest = Ingest(sink, publish_dead_letters, enrich=enrich, backoff=backoff)
+    async def publish_dead_letters(values: Sequence[bytes]) -> None:
+        await send_all(deadletter_topic, [(None, value) for value in values])
+
+    async def on_stored(items: list[SinkItem]) -> None:
+        if settings.publish_scored:
+            messages = [
+                (
+                    str(item.record["trace_id"]).encode(),
+                    codec.encode("scored_event", scored_record(item.record, item.scores)),
+                )
+                for item in items
+                if isinstance(item.scores, Scored)
+            ]
+            if messages:
+                await _retry(lambda: send_all(scored_topic, messages), backoff, "scored events")
+        store.apply(items)
+
+    ingest = Ingest(
+        sink,
+        publish_dead_letters,
+        enrich=enricher(store.context) if enricher is not None else identity,
+        backoff=backoff,
+        on_stored=on_stored,
+    )
     source = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
 
     async def ingest_events(stream: Any) -> None:
@@ -168,14 +461,72 @@ def _add_ingest(
             for event in events:
                 await stream.ack(event)
             logger.debug(
-                "batch of %d: %d stored, %d dead letters, %.3f s",
+                "batch of %d: %d stored, %d dead letters, %.3f s (%s)",
                 report.records,
                 report.stored,
                 report.dead_letters,
                 report.seconds,
+                ", ".join(f"{step} {s:.3f}" for step, s in report.steps.items()),
             )
 
     app.agent(source, name=f"undertow.streams.{settings.role}")(ingest_events)
+
+    async def write_finished_traces() -> None:
+        try:
+            await _write_finished_traces()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a timer that raises crashes the app; the next tick tries again
+            logger.error("writing finished traces failed; retrying on the next tick", exc_info=True)
+
+    def committed_offset(partition: int) -> int | None:
+        return committed.get(settings.events_topic, partition)
+
+    async def _write_finished_traces() -> None:
+        if app.rebalancing:
+            return  # the table may be half recovered; the assignment is changing
+        owned = {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == settings.events_topic
+        }
+        if not owned:
+            return
+        now = time.time()
+        entries = store.ready(now, owned.__contains__, committed_offset)
+        if not entries:
+            return
+        rows = [
+            stored_row(
+                e.state,
+                readiness(e.state, now, idle_s=store.idle_s, max_age_s=store.max_age_s)
+                or "expired",
+            )
+            for e in entries
+        ]
+        token = "traces:" + ",".join(f"{e.state.trace_id}/{e.state.span_count}" for e in entries)
+        await sink.insert_rows("traces", STORED_TRACE_COLUMNS, rows, _digest(token))
+        removed = store.remove(entries)
+        logger.debug("%d traces written, %d closed, %d open", len(rows), removed, len(store))
+
+    app.timer(settings.trace_scan_interval_s, name="undertow.streams.traces")(write_finished_traces)
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+async def _retry(send: Callable[[], Any], backoff: Backoff, what: str) -> None:
+    delays = backoff.delays()
+    while True:
+        try:
+            await send()
+            return
+        except Exception as exc:  # the producer's errors vary by client and cause
+            logger.warning("publishing %s failed, retrying: %s: %s", what, type(exc).__name__, exc)
+            await asyncio.sleep(next(delays))
 
 
 def run_worker(app: Any, health: WorkerHealth | None = None) -> int:

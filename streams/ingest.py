@@ -6,13 +6,16 @@ or whatever arrived within ``batch_window_s``):
 1. decode each record as an ``event`` (:class:`~undertow.schemas.codec.AvroCodec`); bytes that
    are not one (random bytes, a truncated record, a valid record of another type) become
    ``DeadLetter`` records, and the rest flows on;
-2. call the **enrich hook** on the decoded items (identity until the scorers plug in);
+2. call the **enrich hook** on the decoded items (the scorers; the identity when scoring is off);
 3. write them through :class:`~undertow.streams.sink.EventSink` (idempotent, retries until the
    warehouse takes them); rows the warehouse can never store become dead letters too;
-4. publish the dead letters (retried until the broker takes them).
+4. hand the stored items to the ``on_stored`` hook (the worker publishes the scored events
+   and folds them into its open traces there);
+5. publish the dead letters (retried until the broker takes them).
 
 Only when :meth:`Ingest.process` returns may the caller acknowledge the batch's records; it
-returns only after steps 3 and 4 succeeded, and never raises for bad data or outages.
+returns only after steps 3 to 5 succeeded, and never raises for bad data or outages (the
+``on_stored`` hook retries its own outages; an exception from it is a bug and propagates).
 
 The enrich hook
 ---------------
@@ -20,8 +23,8 @@ The enrich hook
 worker thread so the event loop keeps heartbeating while models run. Each
 :class:`~undertow.streams.sink.SinkItem` is ``(record, topic, partition, offset, scores)``: the
 decoded event, its Kafka coordinates and ``scores=None``. The hook returns the same items (same
-coordinates, any order) with ``scores`` filled where it scored something, e.g.
-``item._replace(scores={"toxicity": 0.02, "injection": 0.91, "embedding": [...]})``. It must not
+coordinates, any order) with ``scores`` set to a :class:`~undertow.streams.scored.Scored`
+where it scored something (:class:`~undertow.streams.enrich.Enricher` is the real one). It must not
 drop or invent items (that is checked). If it raises, the batch is split in halves and retried,
 down to single items; an item that fails alone is dead-lettered with the hook's error, so one
 poisonous record cannot stall the stream.
@@ -47,6 +50,7 @@ PROCESSOR = "ingest"
 
 Enrich = Callable[[list[SinkItem]], list[SinkItem]]
 PublishDeadLetters = Callable[[Sequence[bytes]], Awaitable[None]]
+OnStored = Callable[[list[SinkItem]], Awaitable[None]]
 
 
 class ProcessorError(UndertowError):
@@ -86,6 +90,7 @@ class BatchReport:
     dead_letters: int
     sink_retries: int
     seconds: float
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
 def decode_batch(
@@ -138,9 +143,11 @@ class Ingest:
         codec: AvroCodec | None = None,
         backoff: Backoff | None = None,
         processor: str = PROCESSOR,
+        on_stored: OnStored | None = None,
     ) -> None:
         self.sink = sink
         self.enrich = enrich
+        self.on_stored = on_stored
         self.codec = codec or AvroCodec()
         self.processor = processor
         self._publish = publish_dead_letters
@@ -151,14 +158,30 @@ class Ingest:
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         """Handle one batch; returns once its rows and dead letters are durable."""
         began = time.perf_counter()
+        steps: dict[str, float] = {}
+
+        def lap(step: str, since: float) -> float:
+            now = time.perf_counter()
+            steps[step] = now - since
+            return now
+
         by_coordinates = {(r.topic, r.partition, r.offset): r for r in records}
         decoded = decode_batch(records, self.codec, self.processor)
         letters = decoded.dead_letters
         items = decoded.items
+        mark = lap("decode", began)
         if items and self.enrich is not identity:
             items, failed = await self._enrich(items, by_coordinates)
             letters += failed
+            mark = lap("enrich", mark)
         result = await self.sink.write(items)
+        mark = lap("sink", mark)
+        if self.on_stored is not None:
+            refused = {(r.item.topic, r.item.partition, r.item.offset) for r in result.rejected}
+            stored = [i for i in items if (i.topic, i.partition, i.offset) not in refused]
+            if stored:
+                await self.on_stored(stored)
+            mark = lap("on_stored", mark)
         for rejected in result.rejected:
             item = rejected.item
             source = by_coordinates[(item.topic, item.partition, item.offset)]
@@ -176,6 +199,7 @@ class Ingest:
             dead_letters=len(letters),
             sink_retries=result.retries,
             seconds=time.perf_counter() - began,
+            steps=steps,
         )
 
     async def _enrich(

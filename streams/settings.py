@@ -52,8 +52,43 @@ class WorkerSettings(BaseSettings):
         default=30.0, gt=0, description="one insert attempt's connect + send/receive limit"
     )
 
-    # Processor toggles.
-    enrich: bool = Field(default=True, description="call the enrich hook (scorers) per batch")
+    # Scoring (the enrich hook). Off: events are stored as they came, nothing else.
+    enrich: bool = Field(default=True, description="score each batch (embeddings, scorers, cost)")
+    scored_topic: str = topics.SCORED
+    publish_scored: bool = Field(default=True, description="publish ScoredEvent records")
+    embedder: str = Field(default="minilm", description="registered embedder name")
+    embedding_model: str | None = Field(
+        default=None, description="hub name or local folder; None: the bundled MiniLM"
+    )
+    embedding_batch_size: int = Field(default=16, ge=1, le=4096)
+    device: str = Field(default="cpu", description="torch device of the models (cpu, cuda)")
+    toxicity: str | None = Field(
+        default="toxicity.profanity",
+        description="registered toxicity scorer; toxicity.detoxify in production; None: off",
+    )
+    toxicity_model_path: Path | None = Field(
+        default=None, description="toxicity.detoxify: transformers folder or cached hub name"
+    )
+    toxicity_checkpoint: Path | None = Field(
+        default=None, description="toxicity.detoxify: a Detoxify .ckpt file"
+    )
+    injection: str | None = Field(
+        default="injection.minilm_lr", description="registered injection scorer; None: off"
+    )
+    injection_artifact: Path | None = Field(
+        default=None, description="injection.minilm_lr: classifier artifact (default: shipped)"
+    )
+    price_table: Path | None = Field(
+        default=None, description="price table YAML (default: the one shipped with Undertow)"
+    )
+    max_context_documents: int = Field(
+        default=8, ge=0, le=100, description="retrieved documents embedded per retrieval"
+    )
+
+    # Open traces (a Faust table): written to ``traces`` once complete or too old.
+    trace_idle_s: float = Field(default=30.0, gt=0)
+    trace_max_age_s: float = Field(default=600.0, gt=0)
+    trace_scan_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     # Kafka consumer behaviour. The session timeout bounds how long a crashed worker keeps its
     # partitions; the poll interval bounds how long a blocked agent (warehouse away, buffers
@@ -65,7 +100,8 @@ class WorkerSettings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     stream_buffer_maxsize: int = Field(default=4096, ge=1)
 
-    # Faust's own state (no tables yet) and its web server, which is off unless a port is set.
+    # Faust's own state (the open-traces table is in memory, rebuilt from its changelog topic
+    # on start) and its web server, which is off unless a port is set.
     data_dir: Path = Field(default=Path(".undertow/worker"))
     web_port: int | None = Field(default=None, ge=0, le=65535)
     web_host: str = "127.0.0.1"
@@ -84,3 +120,9 @@ class WorkerSettings(BaseSettings):
     def consumer_group(self) -> str:
         """The Kafka consumer group (and Faust app id) of this worker."""
         return self.group_id or f"undertow-{self.role}"
+
+    @property
+    def traces_changelog_topic(self) -> str:
+        """The changelog topic of the open-traces table (``infra/topics.yaml`` creates the
+        default group's; a worker with its own group creates its own, like Faust would)."""
+        return f"{self.consumer_group}-traces-changelog"

@@ -1,7 +1,10 @@
-"""The ClickHouse sink: batched, idempotent writes of decoded events into ``events``.
+"""The ClickHouse sink: batched, idempotent writes of decoded events and their scores.
 
-A batch of :class:`SinkItem` (decoded record plus its Kafka coordinates) is split by source
-partition; each partition's share is one insert block whose ``insert_deduplication_token`` is
+A batch of :class:`SinkItem` (decoded record plus its Kafka coordinates, and the scoring
+output when the enrich processor ran) goes to three tables, in this order: ``events`` (every
+item), then ``scores`` and ``embeddings`` (items that were scored). For each table the batch
+is split by source partition; each partition's share is one insert block whose
+``insert_deduplication_token`` is
 derived from the block's content: topic, partition, first and last offset, and a digest of the
 event ids. Replaying the same offsets after a crash therefore rebuilds the same token and
 ClickHouse drops the block (``non_replicated_deduplication_window`` on the table). Where batch
@@ -35,7 +38,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from clickhouse_connect.driver.client import Client
@@ -43,6 +46,13 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DataError
 
 from undertow.errors import UndertowError
 from undertow.services.warehouse.rows import EVENT_COLUMNS, event_row
+from undertow.streams.scored import (
+    EMBEDDING_COLUMNS,
+    SCORE_COLUMNS,
+    Scored,
+    embedding_rows,
+    scores_row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +74,15 @@ class SinkError(UndertowError):
 class SinkItem(NamedTuple):
     """One decoded event and where it came from: the unit the processor and its hooks pass on.
 
-    ``scores`` is filled by enrich hooks (scorers) and is not stored by this sink yet.
+    ``scores`` is filled by the enrich hook: a :class:`~undertow.streams.scored.Scored`,
+    stored in ``scores`` and ``embeddings``; None (not scored) writes the ``events`` row only.
     """
 
     record: Mapping[str, Any]
     topic: str
     partition: int
     offset: int
-    scores: Mapping[str, Any] | None = None
+    scores: Scored | None = None
 
 
 @dataclass(frozen=True)
@@ -84,14 +95,55 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class Table:
+    """Where a block goes: a table, its columns, and how an item becomes rows of it."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: Callable[[SinkItem], list[list[Any]]]
+
+
+def _event_rows(item: SinkItem) -> list[list[Any]]:
+    return [event_row(item.record, item.topic, item.partition, item.offset)]
+
+
+def _score_rows(item: SinkItem) -> list[list[Any]]:
+    return [] if item.scores is None else [scores_row(item.record, item.scores)]
+
+
+def _embedding_rows(item: SinkItem) -> list[list[Any]]:
+    return [] if item.scores is None else embedding_rows(item.record, item.scores)
+
+
+EVENTS = Table("events", EVENT_COLUMNS, _event_rows)
+SCORES = Table("scores", SCORE_COLUMNS, _score_rows)
+EMBEDDINGS = Table("embeddings", EMBEDDING_COLUMNS, _embedding_rows)
+DEFAULT_TABLES: tuple[Table, ...] = (EVENTS, SCORES, EMBEDDINGS)
+
+
+@dataclass(frozen=True)
 class Block:
-    """The rows of one source partition within a batch: one insert, one dedup token."""
+    """The rows of one source partition within a batch for one table: one insert, one token.
+
+    ``items[i]`` is the item ``rows[i]`` came from (an item may give several rows).
+    """
 
     topic: str
     partition: int
     items: tuple[SinkItem, ...]
     rows: tuple[tuple[Any, ...], ...]
     token: str
+    table: str = "events"
+    columns: tuple[str, ...] = EVENT_COLUMNS
+
+    def describe(self) -> str:
+        """For logs: the table, row count and source offsets (never row contents)."""
+        if not self.items:
+            return f"{len(self.rows)} {self.table} rows"
+        return (
+            f"{len(self.rows)} {self.table} rows ({self.topic}[{self.partition}] offsets "
+            f"{self.first_offset}-{self.last_offset})"
+        )
 
     @property
     def first_offset(self) -> int:
@@ -185,24 +237,26 @@ def _describe(exc: BaseException, limit: int = 500) -> str:
 
 
 class EventSink:
-    """Writes :class:`SinkItem` batches into the ``events`` table, idempotently.
+    """Writes :class:`SinkItem` batches into ``events``, ``scores`` and ``embeddings``,
+    idempotently.
 
     ``connect`` opens a clickhouse-connect client; it is called lazily and again after a
     transient failure, so the sink survives a warehouse restart. ``sleep`` is awaited between
-    retries (tests pass a fake clock).
+    retries (tests pass a fake clock). ``tables`` are written in order; an item a table
+    rejects is left out of the tables after it.
     """
 
     def __init__(
         self,
         connect: Callable[[], Client],
         *,
-        table: str = "events",
+        tables: Sequence[Table] = DEFAULT_TABLES,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         log_every_s: float = 10.0,
     ) -> None:
         self._connect = connect
-        self.table = table
+        self.tables = tuple(tables)
         self.backoff = backoff or Backoff(0.2, 5.0)
         self._sleep = sleep
         self._log_every_s = log_every_s
@@ -213,8 +267,10 @@ class EventSink:
 
     # -- pure part -----------------------------------------------------------------------
 
-    def prepare(self, items: Sequence[SinkItem]) -> tuple[list[Block], list[Rejected]]:
-        """Map items to rows and group them into one block per source (topic, partition).
+    def prepare(
+        self, items: Sequence[SinkItem], table: Table = EVENTS
+    ) -> tuple[list[Block], list[Rejected]]:
+        """Map items to rows of ``table`` and group them into one block per source partition.
 
         Items whose record does not map to a row are returned as rejected. Within a block the
         items keep their offset order; blocks come in order of first appearance.
@@ -223,52 +279,93 @@ class EventSink:
         rejected: list[Rejected] = []
         for item in items:
             try:
-                row = tuple(event_row(item.record, item.topic, item.partition, item.offset))
+                rows = [tuple(row) for row in table.rows(item)]
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 rejected.append(
-                    Rejected(item, f"not an events row: {_describe(exc)}", type(exc).__name__)
+                    Rejected(item, f"not a {table.name} row: {_describe(exc)}", type(exc).__name__)
                 )
                 continue
-            grouped.setdefault((item.topic, item.partition), []).append((item, row))
+            if rows:
+                pairs = grouped.setdefault((item.topic, item.partition), [])
+                pairs.extend((item, row) for row in rows)
         blocks = [
-            self._block(topic, partition, sorted(pairs, key=lambda p: p[0].offset))
+            self._block(table, topic, partition, sorted(pairs, key=lambda p: p[0].offset))
             for (topic, partition), pairs in grouped.items()
         ]
         return blocks, rejected
 
     def _block(
-        self, topic: str, partition: int, pairs: Sequence[tuple[SinkItem, tuple[Any, ...]]]
+        self,
+        table: Table,
+        topic: str,
+        partition: int,
+        pairs: Sequence[tuple[SinkItem, tuple[Any, ...]]],
     ) -> Block:
         block_items = tuple(item for item, _ in pairs)
         token = dedup_token(
-            self.table,
+            table.name,
             topic,
             partition,
             block_items[0].offset,
             block_items[-1].offset,
             [str(item.record["event_id"]) for item in block_items],
         )
-        return Block(topic, partition, block_items, tuple(row for _, row in pairs), token)
+        return Block(
+            topic,
+            partition,
+            block_items,
+            tuple(row for _, row in pairs),
+            token,
+            table.name,
+            table.columns,
+        )
 
     # -- writing -------------------------------------------------------------------------
 
     async def write(self, items: Sequence[SinkItem]) -> WriteResult:
         """Store ``items``; returns once every storable row is durable in ClickHouse.
 
-        Retries transient failures forever (cancel the task to give up); rows that can never
-        be stored come back in ``WriteResult.rejected``.
+        Retries transient failures forever (cancel the task to give up); items with a row
+        that can never be stored come back in ``WriteResult.rejected``.
         """
         if self._closed:
             raise SinkError("the sink is closed")
         result = WriteResult()
-        blocks, result.rejected = self.prepare(items)
-        for block in blocks:
-            await self._write_block(block, result)
+        remaining = list(items)
+        for table in self.tables:
+            blocks, rejected = self.prepare(remaining, table)
+            result.rejected += rejected
+            for block in blocks:
+                await self._write_block(block, result)
+            if result.rejected:
+                out = {(r.item.topic, r.item.partition, r.item.offset) for r in result.rejected}
+                remaining = [i for i in remaining if (i.topic, i.partition, i.offset) not in out]
+        unique = {(r.item.topic, r.item.partition, r.item.offset): r for r in result.rejected}
+        result.rejected = list(unique.values())
         self.stats.rows += result.rows
         self.stats.blocks += result.blocks
         self.stats.retries += result.retries
         self.stats.rejected += len(result.rejected)
         return result
+
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str
+    ) -> int:
+        """Insert rows that come from no single event (trace rows), with the same retries.
+
+        Returns the rows stored. Rows the warehouse refuses for their data are logged and left
+        out: they are derived, so nothing can replay them from a dead-letter topic.
+        """
+        if self._closed:
+            raise SinkError("the sink is closed")
+        if not rows:
+            return 0
+        result = WriteResult()
+        block = Block("", -1, (), tuple(tuple(r) for r in rows), token, table, tuple(columns))
+        await self._write_block(block, result)
+        self.stats.rows += result.rows
+        self.stats.retries += result.retries
+        return result.rows
 
     async def _write_block(self, block: Block, result: WriteResult) -> None:
         delays = self.backoff.delays()
@@ -288,13 +385,8 @@ class EventSink:
                 if now - last_log >= self._log_every_s:
                     last_log = now
                     logger.warning(
-                        "warehouse write of %d rows (%s[%d] offsets %d-%d) failed, retrying "
-                        "for %.0f s so far: %s",
-                        len(block.rows),
-                        block.topic,
-                        block.partition,
-                        block.first_offset,
-                        block.last_offset,
+                        "warehouse write of %s failed, retrying for %.0f s so far: %s",
+                        block.describe(),
                         now - waited_since,
                         _describe(exc, 300),
                     )
@@ -313,10 +405,19 @@ class EventSink:
     async def _isolate(self, block: Block, exc: BaseException, result: WriteResult) -> None:
         """A refused block: one row alone is rejected; several are retried one by one."""
         if len(block.rows) == 1:
-            item = block.items[0]
             # The type and code only: the server's message may quote the row's text.
+            if not block.items:
+                logger.error(
+                    "warehouse refused a derived %s row, left out: %s (code %s)",
+                    block.table,
+                    type(exc).__name__,
+                    getattr(exc, "code", None),
+                )
+                return
+            item = block.items[0]
             logger.warning(
-                "warehouse refused the event at %s[%d]@%d: %s (code %s)",
+                "warehouse refused the %s row of the event at %s[%d]@%d: %s (code %s)",
+                block.table,
                 item.topic,
                 item.partition,
                 item.offset,
@@ -324,13 +425,20 @@ class EventSink:
                 getattr(exc, "code", None),
             )
             result.rejected.append(
-                Rejected(item, f"warehouse refused the row: {_describe(exc)}", type(exc).__name__)
+                Rejected(
+                    item,
+                    f"warehouse refused the {block.table} row: {_describe(exc)}",
+                    type(exc).__name__,
+                )
             )
             return
-        for item, row in zip(block.items, block.rows, strict=True):
-            await self._write_block(
-                self._block(block.topic, block.partition, [(item, row)]), result
-            )
+        for i, row in enumerate(block.rows):
+            if block.items:
+                pair = [(block.items[i], row)]
+                single = self._block(_table_of(block), block.topic, block.partition, pair)
+            else:
+                single = replace(block, rows=(row,), token=f"{block.token}:{i}")
+            await self._write_block(single, result)
 
     async def _run(self, fn: Callable[[Block], None], block: Block) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, fn, block)
@@ -340,9 +448,9 @@ class EventSink:
         if self._client is None:
             self._client = self._connect()
         self._client.insert(
-            self.table,
+            block.table,
             block.rows,
-            column_names=list(EVENT_COLUMNS),
+            column_names=list(block.columns),
             settings={"insert_deduplication_token": block.token},
         )
 
@@ -356,6 +464,11 @@ class EventSink:
                 client.close()
             except Exception:  # closing a dead connection pool may fail; nothing to do
                 logger.debug("closing the warehouse client failed", exc_info=True)
+
+
+def _table_of(block: Block) -> Table:
+    """A Table that rebuilds ``block``'s tokens (rows are already mapped)."""
+    return Table(block.table, block.columns, lambda item: [])
 
 
 def warehouse_connector(
@@ -383,6 +496,10 @@ def warehouse_connector(
 
 
 __all__ = [
+    "DEFAULT_TABLES",
+    "EMBEDDINGS",
+    "EVENTS",
+    "SCORES",
     "Backoff",
     "Block",
     "EventSink",
@@ -390,6 +507,7 @@ __all__ = [
     "SinkError",
     "SinkItem",
     "SinkStats",
+    "Table",
     "WriteResult",
     "classify",
     "dedup_token",

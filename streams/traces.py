@@ -61,6 +61,36 @@ TRACE_COLUMNS: tuple[str, ...] = (
     "max_toxicity",
     "max_injection",
 )
+# The columns of the ``traces`` table the worker writes (clickhouse/010_traces_from_worker.sql),
+# in order; ``written_at`` takes its default. TRACE_COLUMNS are the figures ``to_row`` gives.
+STORED_TRACE_COLUMNS: tuple[str, ...] = (
+    "trace_id",
+    "part",
+    "app",
+    "environment",
+    "start_time",
+    "end_time",
+    "span_count",
+    "prompts",
+    "retrievals",
+    "completions",
+    "feedbacks",
+    "latency_ms",
+    "duration_ms",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "tokens",
+    "cost_usd",
+    "unpriced_completions",
+    "models",
+    "prompt_names",
+    "prompt_versions",
+    "max_toxicity",
+    "max_injection",
+    "feedback_score",
+    "readiness",
+)
 DEFAULT_IDLE_S = 30.0
 DEFAULT_MAX_AGE_S = 600.0
 # Event ids kept per trace for deduplication. Past this (agent loops with thousands of
@@ -240,8 +270,13 @@ def readiness(
     idle_s: float = DEFAULT_IDLE_S,
     max_age_s: float = DEFAULT_MAX_AGE_S,
 ) -> Readiness | None:
-    """``complete``, ``expired``, or None while the trace should stay open."""
-    if state.completions and now - state.last_seen >= idle_s:
+    """``complete``, ``expired``, or None while the trace should stay open.
+
+    Feedback alone counts as complete too: it comes after the answer, so a state holding
+    only feedback is the late part of a trace already written.
+    """
+    done = state.completions or state.feedbacks == state.span_count > 0
+    if done and now - state.last_seen >= idle_s:
         return "complete"
     if now - state.first_seen >= max_age_s:
         return "expired"
@@ -295,6 +330,17 @@ def to_summary(state: TraceState) -> dict[str, Any]:
         feedback_score=state.feedback_score,
     )
     return row
+
+
+def stored_row(state: TraceState, ready: Readiness) -> list[Any]:
+    """The worker's ``traces`` row, in ``STORED_TRACE_COLUMNS`` order.
+
+    ``part`` is the first event id of the state: the same whenever this state is written
+    again (after a crash), and another one for events that came after it was written.
+    """
+    summary = to_summary(state)
+    summary.update(part=state.event_ids[0] if state.event_ids else "", readiness=ready)
+    return [summary[name] for name in STORED_TRACE_COLUMNS]
 
 
 class TraceAccumulator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import time
 from typing import Annotated, Any, Literal
 
 import typer
@@ -190,15 +191,26 @@ def worker(
     role: Annotated[
         Literal["ingest"] | None, typer.Option(help="the processor to run (default: ingest)")
     ] = None,
+    log_batches: Annotated[
+        bool, typer.Option(help="log one line per batch with the time of each step")
+    ] = False,
 ) -> None:
     """Run a stream worker in the foreground until SIGTERM or Ctrl-C.
 
-    ingest: events from Kafka into ClickHouse, undecodable ones to the dead-letter topic.
+    ingest: events from Kafka into ClickHouse, scored (embeddings, toxicity, injection,
+    tokens and cost, retrieval quality) into scores and embeddings and onto the scored topic;
+    finished traces into traces; undecodable records to the dead-letter topic.
     Settings come from UNDERTOW_WORKER_* variables; Kafka and ClickHouse default to the local
     stack's. Offsets are committed only after the warehouse stored the rows.
     """
     from undertow.infra.stack import LocalStack
-    from undertow.streams.app import WorkerHealth, build_app, run_worker
+    from undertow.streams.app import (
+        WorkerHealth,
+        build_app,
+        default_enricher,
+        ensure_changelog_topic,
+        run_worker,
+    )
     from undertow.streams.settings import WorkerSettings
 
     overrides: dict[str, Any] = {"role": role} if role else {}
@@ -222,17 +234,30 @@ def worker(
         defaults["bootstrap_servers"] = settings.bootstrap_servers or bootstrap
         defaults["clickhouse_url"] = settings.clickhouse_url or url
     settings = settings.model_copy(update=defaults)
-    logging.getLogger("undertow.streams").setLevel(logging.INFO)
+    logging.getLogger("undertow.streams").setLevel(logging.DEBUG if log_batches else logging.INFO)
+    if log_batches:  # with Faust's own account of rebalances and table recovery
+        logging.getLogger("faust").setLevel(logging.INFO)
     if logging.getLogger().level > logging.DEBUG:
         # The sink reports outages itself, once per interval; the HTTP client would per try.
         for noisy in ("urllib3", "clickhouse_connect"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     health = WorkerHealth()
-    faust_app = build_app(settings, health=health)
+    partitions = ensure_changelog_topic(settings)
+    began = time.perf_counter()
+    faust_app = build_app(
+        settings, enricher=default_enricher(settings), health=health, partitions=partitions
+    )
+    scoring = (
+        f"scoring with {settings.embedder}, {settings.toxicity or 'no toxicity'}, "
+        f"{settings.injection or 'no injection'}"
+        if settings.enrich
+        else "scoring off"
+    )
     console.print(
         f"worker {settings.role} (group {settings.consumer_group}): "
         f"{settings.events_topic} on {settings.bootstrap_servers} -> "
-        f"{settings.clickhouse_url}/{settings.clickhouse_database}",
+        f"{settings.clickhouse_url}/{settings.clickhouse_database}; {scoring} "
+        f"(ready in {time.perf_counter() - began:.1f} s)",
         highlight=False,
     )
     code = run_worker(faust_app, health)

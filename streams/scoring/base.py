@@ -116,6 +116,16 @@ def create_embedder(name: str, **options: Any) -> Embedder:
     return factory(**options)
 
 
+def scorer_factory(name: str) -> Callable[..., Scorer] | None:
+    """The factory registered as scorer ``name`` (to inspect its options), or None."""
+    return _SCORERS.get(name)
+
+
+def embedder_factory(name: str) -> Callable[..., Embedder] | None:
+    """The factory registered as embedder ``name``, or None."""
+    return _EMBEDDERS.get(name)
+
+
 def available() -> list[str]:
     """Registered scorer names."""
     return sorted(_SCORERS)

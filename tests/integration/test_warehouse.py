@@ -256,7 +256,6 @@ def test_events_insert_is_queryable_and_a_retried_block_is_dropped(
 
 
 def test_rollups_follow_scores(first_migration_run: list[Migration], client: Client) -> None:
-    trace_id = uuid.uuid4().hex
     app = f"app_{uuid.uuid4().hex[:8]}"
     when = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
     columns = [
@@ -265,24 +264,58 @@ def test_rollups_follow_scores(first_migration_run: list[Migration], client: Cli
         "latency_ms",
     ]  # fmt: skip
     rows = [
-        [uuid.uuid4(), "completion", trace_id, f"{i:016x}", when, app, "dev", "m", "v1",
+        [uuid.uuid4(), "completion", uuid.uuid4().hex, f"{i:016x}", when, app, "dev", "m", "v1",
          {"toxicity": i / 10}, 10, 5, 0.25, 100.0 * (i + 1)]
         for i in range(4)
     ]  # fmt: skip
     client.insert(f"{DB}.scores", rows, column_names=columns)
-
-    trace = client.query(
-        f"SELECT span_count, input_tokens, cost_usd, max_toxicity FROM {DB}.traces FINAL"
-        " WHERE trace_id = {t:String}",
-        parameters={"t": trace_id},
-    ).result_rows
-    assert trace == [(4, 40, 1.0, 0.3)]
     usage = client.query(
         f"SELECT events, output_tokens, cost_usd, latency_ms_avg FROM {DB}.usage_by_hour"
         " WHERE app = {a:String}",
         parameters={"a": app},
     ).result_rows
     assert usage == [(4, 20, 1.0, 250.0)]
+    # Traces no longer come from scores (010): the worker writes them once per trace.
+    assert client.query(
+        f"SELECT count() FROM {DB}.traces WHERE app = {{a:String}}", parameters={"a": app}
+    ).result_rows == [(0,)]
+
+
+def test_trace_parts_replace_themselves_and_add_up(
+    first_migration_run: list[Migration], client: Client
+) -> None:
+    from undertow.streams.traces import STORED_TRACE_COLUMNS
+
+    app = f"app_{uuid.uuid4().hex[:8]}"
+    trace_id = uuid.uuid4().hex
+    when = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+    def row(part: str, spans: int, completions: int, tokens: int, cost: float) -> list[Any]:
+        values = dict.fromkeys(STORED_TRACE_COLUMNS, 0)
+        values.update(
+            trace_id=trace_id, part=part, app=app, environment="dev", start_time=when,
+            end_time=when, span_count=spans, completions=completions, input_tokens=tokens,
+            tokens=tokens, cost_usd=cost, models=["m"], prompt_names=[], prompt_versions=["3"],
+            max_toxicity=0.1, max_injection=None, feedback_score=None, readiness="complete",
+        )  # fmt: skip
+        return [values[c] for c in STORED_TRACE_COLUMNS]
+
+    # The first part written twice (a crash before the worker forgot it, with one more span
+    # the second time), and a late part of feedback alone.
+    for r in ([row("a", 3, 1, 100, 0.5)], [row("a", 4, 1, 100, 0.5)], [row("z", 1, 0, 0, 0.0)]):
+        client.insert(f"{DB}.traces", r, column_names=list(STORED_TRACE_COLUMNS))
+    parts = client.query(
+        f"SELECT part, span_count FROM {DB}.traces FINAL WHERE trace_id = {{t:String}} "
+        "ORDER BY part",
+        parameters={"t": trace_id},
+    ).result_rows
+    assert parts == [("a", 4), ("z", 1)]
+    totals = client.query(
+        f"SELECT parts, span_count, completions, input_tokens, cost_usd, models "
+        f"FROM {DB}.trace_totals WHERE trace_id = {{t:String}}",
+        parameters={"t": trace_id},
+    ).result_rows
+    assert totals == [(2, 5, 1, 100, 0.5, ["m"])]
 
 
 # --- HTTP as curl speaks it --------------------------------------------------------------------

@@ -11,12 +11,14 @@ import pytest
 
 from undertow.schemas.events import event
 from undertow.streams.traces import (
+    STORED_TRACE_COLUMNS,
     TRACE_COLUMNS,
     TraceAccumulator,
     TraceError,
     TraceState,
     is_ready,
     readiness,
+    stored_row,
     to_row,
     to_summary,
     update,
@@ -280,12 +282,49 @@ def test_accumulator_emits_ready_traces_in_start_order() -> None:
         acc.add(r, now=55.0)
     orphan = event("feedback", {"score": 0.0}, app="chat", trace_id="c" * 32, event_time=at(-1))
     acc.add(orphan, now=0.0)
-    assert acc.pop_ready(now=59.0) == []
+    # feedback alone is the late part of a trace already written: done once idle
+    late = acc.pop_ready(now=59.0)
+    assert [(r["trace_id"], r["completions"], r["span_count"]) for r in late] == [("c" * 32, 0, 1)]
     rows = acc.pop_ready(now=65.0)
     assert [r["trace_id"] for r in rows] == [TRACE, other]  # same start: by trace id
-    assert set(acc.states) == {"c" * 32}
-    expired = acc.pop_ready(now=100.0)
-    assert [(r["trace_id"], r["completions"], r["span_count"]) for r in expired] == [
-        ("c" * 32, 0, 1)
-    ]
     assert acc.states == {}
+    prompt_only = rag_trace("d" * 32)[0]
+    acc.add(prompt_only, now=70.0)
+    assert acc.pop_ready(now=169.0) == []  # no completion: open until max age
+    assert [r["trace_id"] for r in acc.pop_ready(now=170.0)] == ["d" * 32]
+    assert acc.states == {}
+
+
+WORKER_MIGRATION = MIGRATION.with_name("010_traces_from_worker.sql")
+
+
+def test_stored_trace_columns_are_the_worker_tables_columns_in_order() -> None:
+    sql = WORKER_MIGRATION.read_text()
+    table = sql[sql.index("CREATE TABLE IF NOT EXISTS traces\n") : sql.index("ENGINE")]
+    # column definitions are indented four spaces; the first two lines are CREATE and "("
+    lines = [ln.split() for ln in table.splitlines()[2:] if ln.startswith("    ")]
+    names = [words[0] for words in lines]
+    assert names[-2:] == ["written_at", "INDEX"]  # the table's default and its index
+    assert "DEFAULT" in lines[-2]  # so the worker may leave it out
+    assert tuple(names[:-2]) == STORED_TRACE_COLUMNS
+
+
+def test_the_stored_row_is_the_summary_with_its_part_and_readiness() -> None:
+    records = rag_trace()
+    state = fold(records, now=5.0)
+    row = dict(zip(STORED_TRACE_COLUMNS, stored_row(state, "complete"), strict=True))
+    summary = to_summary(state)
+    assert row["part"] == records[0]["event_id"]
+    assert row["readiness"] == "complete"
+    assert {k: v for k, v in row.items() if k not in ("part", "readiness")} == {
+        k: summary[k] for k in STORED_TRACE_COLUMNS if k not in ("part", "readiness")
+    }
+    assert (row["tokens"], row["cached_tokens"], row["duration_ms"]) == (110, 40, 300.0)
+    assert (row["prompts"], row["retrievals"], row["completions"], row["feedbacks"]) == (1, 1, 1, 1)
+    # the part is the first event this state saw, whatever its event time
+    late_first = fold(list(reversed(records)), now=5.0)
+    expired = dict(zip(STORED_TRACE_COLUMNS, stored_row(late_first, "expired"), strict=True))
+    assert (expired["part"], expired["readiness"]) == (records[-1]["event_id"], "expired")
+    # written again after a crash, the same state gives the same part
+    back = TraceState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert stored_row(back, "complete") == stored_row(state, "complete")
