@@ -311,27 +311,19 @@ def default_enricher(settings: WorkerSettings) -> EnricherFactory:
                 batch_size=settings.embedding_batch_size,
             ),
         )
-        toxicity = None
-        if settings.toxicity:
-            toxicity = create(
-                settings.toxicity,
-                **_supported(
-                    scorer_factory(settings.toxicity),
-                    model_path=settings.toxicity_model_path,
-                    checkpoint=settings.toxicity_checkpoint,
-                    device=settings.device,
-                ),
-            )
-        injection = None
-        if settings.injection:
-            injection = create(
-                settings.injection,
-                **_supported(
-                    scorer_factory(settings.injection),
-                    artifact=settings.injection_artifact,
-                    embedder=embedder,
-                ),
-            )
+
+        def scorer(name: str | None, **options: Any) -> Any:
+            return create(name, **_supported(scorer_factory(name), **options)) if name else None
+
+        toxicity = scorer(
+            settings.toxicity,
+            model_path=settings.toxicity_model_path,
+            checkpoint=settings.toxicity_checkpoint,
+            device=settings.device,
+        )
+        injection = scorer(
+            settings.injection, artifact=settings.injection_artifact, embedder=embedder
+        )
         return Enricher(
             embedder,
             toxicity=toxicity,
