@@ -92,6 +92,27 @@ def publish(
     return delivered
 
 
+# Broker errors of a partition between leaders (just after the topic was created, or while
+# a broker restarts). librdkafka does not flag all of them retriable on a watermark query.
+_LEADERSHIP_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def _transient(error: object) -> bool:
+    """Whether a Kafka error is worth asking again after a short wait."""
+    return isinstance(error, KafkaError) and (
+        error.retriable() or error.code() in _LEADERSHIP_ERRORS
+    )
+
+
 def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
     """The high watermark of every partition of ``topic``.
 
@@ -113,8 +134,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
                 }
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
-                retriable = isinstance(error, KafkaError) and error.retriable()
-                if not retriable or time.monotonic() >= deadline:
+                if not _transient(error) or time.monotonic() >= deadline:
                     raise BusError(
                         f"cannot read offsets of {topic} from {bootstrap}: {exc}"
                     ) from exc
