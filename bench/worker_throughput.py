@@ -86,6 +86,21 @@ def wait_stored(client: Any, run: str, expected: int, timeout: float, table: str
     return time.perf_counter()
 
 
+def step_totals(log_path: Path, since: int = 0) -> str:
+    """Seconds per batch step, summed over the worker's ``--log-batches`` lines so far."""
+    import re
+
+    totals: dict[str, float] = {}
+    batches = 0
+    text = log_path.read_text(errors="replace")[since:]
+    for line in re.findall(r"batch of \d+: .*?\(([^)]*)\)", text):
+        batches += 1
+        for step, seconds in re.findall(r"(\w+) ([0-9.]+)", line):
+            totals[step] = totals.get(step, 0.0) + float(seconds)
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in totals.items())
+    return f"{batches} batches: {steps}"
+
+
 def machine() -> str:
     mem = ""
     try:
@@ -206,10 +221,12 @@ def main() -> None:
                 "UNDERTOW_WORKER_CLICKHOUSE_URL": info.clickhouse_url,
                 "UNDERTOW_WORKER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
                 "UNDERTOW_WORKER_ENRICH": "false" if args.no_scoring else "true",
+                "COLUMNS": "400",  # one log line per batch, for step_totals
             }
-            log = (Path(tmp) / "worker.log").open("wb")
+            log_path = Path(tmp) / "worker.log"
+            log = log_path.open("wb")
             worker = subprocess.Popen(
-                [sys.executable, "-m", "undertow.cli", "worker"],
+                [sys.executable, "-m", "undertow.cli", "worker", "--log-batches"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -230,6 +247,7 @@ def main() -> None:
             events = traffic(args.traffic, args.events, 2, run)
             records = [(e["trace_id"].encode(), codec.encode("event", e)) for e in events]
             cpu_before = cpu_seconds(worker.pid)
+            log_mark = log_path.stat().st_size
             began = time.perf_counter()
             publish(info.bootstrap_servers, EVENTS, records, timeout=120)
             published = time.perf_counter() - began
@@ -241,6 +259,7 @@ def main() -> None:
                 f"(publishing alone took {published:.2f} s); worker CPU {cpu:.1f} s = "
                 f"{cpu / len(records) * 1e6:.0f} us/event"
             )
+            print(f"worker time per step during the rate test: {step_totals(log_path, log_mark)}")
             if not args.no_scoring:
                 limit, n_texts = embedding_limit(events, 500)
                 print(
