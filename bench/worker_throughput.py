@@ -3,7 +3,7 @@
     .venv/bin/python bench/worker_throughput.py [--events 6000] [--seconds 20] [--no-scoring]
 
 A fresh local stack (broker + embedded warehouse) in a temporary state directory, and the
-worker as the CLI runs it (a subprocess, default settings: batches of 500 within 0.5 s, the
+worker as the CLI runs it (a subprocess, default settings: batches of 500 within 0.1 s, the
 default scorers: MiniLM embeddings, profanity toxicity, the injection probe, tokens, cost,
 retrieval quality and groundedness, open traces in the Faust table).
 
@@ -93,12 +93,14 @@ def step_totals(log_path: Path, since: int = 0) -> str:
     totals: dict[str, float] = {}
     batches = 0
     text = log_path.read_text(errors="replace")[since:]
-    for line in re.findall(r"batch of \d+: .*?\(([^)]*)\)", text):
+    records = 0
+    for size, line in re.findall(r"batch of (\d+): .*?\(([^)]*)\)", text):
         batches += 1
+        records += int(size)
         for step, seconds in re.findall(r"(\w+) ([0-9.]+)", line):
             totals[step] = totals.get(step, 0.0) + float(seconds)
     steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in totals.items())
-    return f"{batches} batches: {steps}"
+    return f"{batches} batches of {records / max(batches, 1):.0f} records on average: {steps}"
 
 
 def machine() -> str:
@@ -274,6 +276,7 @@ def main() -> None:
             producer = Producer(producer_config(info.bootstrap_servers))
             count = int(target * args.seconds)
             source = iter(traffic(args.traffic, count + 10, 3, fresh))
+            fresh_mark = log_path.stat().st_size
             began = time.perf_counter()
             for i in range(count):
                 due = began + i / target
@@ -308,6 +311,10 @@ def main() -> None:
                 f"freshness at {target:,.0f} events/s ({count} events over {args.seconds:.0f} s): "
                 f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms (produce -> {table} "
                 "row queryable)"
+            )
+            print(
+                "worker time per step during the freshness test: "
+                f"{step_totals(log_path, fresh_mark)}"
             )
             print(f"worker peak RSS: {peak_rss_mib(worker.pid):.0f} MiB")
         finally:
