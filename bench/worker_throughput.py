@@ -3,7 +3,7 @@
     .venv/bin/python bench/worker_throughput.py [--events 6000] [--seconds 20] [--no-scoring]
 
 A fresh local stack (broker + embedded warehouse) in a temporary state directory, and the
-worker as the CLI runs it (a subprocess, default settings: batches of 500 within 0.5 s, the
+worker as the CLI runs it (a subprocess, default settings: batches of 500 within 0.1 s, the
 default scorers: MiniLM embeddings, profanity toxicity, the injection probe, tokens, cost,
 retrieval quality and groundedness, open traces in the Faust table).
 
@@ -84,6 +84,23 @@ def wait_stored(client: Any, run: str, expected: int, timeout: float, table: str
         interval=0.02,
     )
     return time.perf_counter()
+
+
+def step_totals(log_path: Path, since: int = 0) -> str:
+    """Seconds per batch step, summed over the worker's ``--log-batches`` lines so far."""
+    import re
+
+    totals: dict[str, float] = {}
+    batches = 0
+    text = log_path.read_text(errors="replace")[since:]
+    records = 0
+    for size, line in re.findall(r"batch of (\d+): .*?\(([^)]*)\)", text):
+        batches += 1
+        records += int(size)
+        for step, seconds in re.findall(r"(\w+) ([0-9.]+)", line):
+            totals[step] = totals.get(step, 0.0) + float(seconds)
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in totals.items())
+    return f"{batches} batches of {records / max(batches, 1):.0f} records on average: {steps}"
 
 
 def machine() -> str:
@@ -206,10 +223,12 @@ def main() -> None:
                 "UNDERTOW_WORKER_CLICKHOUSE_URL": info.clickhouse_url,
                 "UNDERTOW_WORKER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
                 "UNDERTOW_WORKER_ENRICH": "false" if args.no_scoring else "true",
+                "COLUMNS": "400",  # one log line per batch, for step_totals
             }
-            log = (Path(tmp) / "worker.log").open("wb")
+            log_path = Path(tmp) / "worker.log"
+            log = log_path.open("wb")
             worker = subprocess.Popen(
-                [sys.executable, "-m", "undertow.cli", "worker"],
+                [sys.executable, "-m", "undertow.cli", "worker", "--log-batches"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -230,6 +249,7 @@ def main() -> None:
             events = traffic(args.traffic, args.events, 2, run)
             records = [(e["trace_id"].encode(), codec.encode("event", e)) for e in events]
             cpu_before = cpu_seconds(worker.pid)
+            log_mark = log_path.stat().st_size
             began = time.perf_counter()
             publish(info.bootstrap_servers, EVENTS, records, timeout=120)
             published = time.perf_counter() - began
@@ -241,6 +261,7 @@ def main() -> None:
                 f"(publishing alone took {published:.2f} s); worker CPU {cpu:.1f} s = "
                 f"{cpu / len(records) * 1e6:.0f} us/event"
             )
+            print(f"worker time per step during the rate test: {step_totals(log_path, log_mark)}")
             if not args.no_scoring:
                 limit, n_texts = embedding_limit(events, 500)
                 print(
@@ -255,6 +276,7 @@ def main() -> None:
             producer = Producer(producer_config(info.bootstrap_servers))
             count = int(target * args.seconds)
             source = iter(traffic(args.traffic, count + 10, 3, fresh))
+            fresh_mark = log_path.stat().st_size
             began = time.perf_counter()
             for i in range(count):
                 due = began + i / target
@@ -289,6 +311,10 @@ def main() -> None:
                 f"freshness at {target:,.0f} events/s ({count} events over {args.seconds:.0f} s): "
                 f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms (produce -> {table} "
                 "row queryable)"
+            )
+            print(
+                "worker time per step during the freshness test: "
+                f"{step_totals(log_path, fresh_mark)}"
             )
             print(f"worker peak RSS: {peak_rss_mib(worker.pid):.0f} MiB")
         finally:

@@ -41,9 +41,12 @@ class WorkerSettings(BaseSettings):
     events_topic: str = topics.EVENTS
     deadletter_topic: str = topics.DEADLETTER
 
-    # Micro-batches: the sink writes (and the scorers run) once per batch.
+    # Micro-batches: the sink writes (and the scorers run) once per batch. Faust's take_events
+    # holds new records back while the agent works on a batch and starts the window only
+    # afterwards, so under load batches fill from the records queued meanwhile and the window
+    # only adds latency when traffic is light: keep it short (bench/worker_throughput.py).
     batch_size: int = Field(default=500, ge=1, le=100_000)
-    batch_window_s: float = Field(default=0.5, gt=0, le=60)
+    batch_window_s: float = Field(default=0.1, gt=0, le=60)
 
     # The sink's retries while the warehouse is away: capped exponential backoff, forever.
     retry_backoff_min_s: float = Field(default=0.2, gt=0)
