@@ -66,6 +66,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stack_cpu_seconds(home: Path) -> dict[str, float]:
+    """CPU seconds so far of the local stack's processes (those whose command line names
+    ``home``): the broker and the warehouse, which share the machine with the worker."""
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(home) not in cmdline:
+                continue
+            name = "broker" if "java" in cmdline else "warehouse"
+            out[name] = out.get(name, 0.0) + cpu_seconds(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return out
+
+
 def stored(client: Any, run: str, table: str) -> int:
     """Distinct events of ``run`` with a row in ``table`` (``events`` or ``scores``)."""
     runs = "SELECT event_id FROM events WHERE attributes['bench_run'] = {r:String}"
@@ -268,6 +286,7 @@ def main() -> None:
             events = traffic(args.traffic, args.events, 2, run)
             records = [(e["trace_id"].encode(), codec.encode("event", e)) for e in events]
             cpu_before = cpu_seconds(worker.pid)
+            stack_before = stack_cpu_seconds(settings.home)
             log_mark = log_path.stat().st_size
             began = time.perf_counter()
             publish(info.bootstrap_servers, EVENTS, records, timeout=120)
@@ -275,10 +294,20 @@ def main() -> None:
             done = wait_stored(client, run, len(records), timeout=1800, table=table)
             rate = len(records) / (done - began)
             cpu = cpu_seconds(worker.pid) - cpu_before
+            stack_cpu = {
+                name: seconds - stack_before.get(name, 0.0)
+                for name, seconds in stack_cpu_seconds(settings.home).items()
+            }
             print(
                 f"throughput: {len(records)} events in {done - began:.2f} s = {rate:,.0f} events/s "
                 f"(publishing alone took {published:.2f} s); worker CPU {cpu:.1f} s = "
                 f"{cpu / len(records) * 1e6:.0f} us/event"
+            )
+            others = ", ".join(f"{name} {secs:.1f} s" for name, secs in sorted(stack_cpu.items()))
+            cores = os.cpu_count() or 1
+            print(
+                f"CPU during the rate test: worker {cpu:.1f} s, {others} ({cores} cores x "
+                f"{done - began:.1f} s = {cores * (done - began):.1f} s available)"
             )
             print(f"worker time per step during the rate test: {step_totals(log_path, log_mark)}")
             if not args.no_scoring:
