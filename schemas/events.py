@@ -93,6 +93,38 @@ def event(kind: EventType, body: Mapping[str, Any], **envelope_fields: Any) -> d
     return record
 
 
+def alert(
+    *,
+    rule: str,
+    severity: str,
+    status: str,
+    dedup_key: str,
+    summary: str,
+    app: str,
+    segment: str = "",
+    evidence: Mapping[str, str] | None = None,
+    sql: str | None = None,
+    runbook_url: str | None = None,
+    **envelope_fields: Any,
+) -> dict[str, Any]:
+    """An ``alert`` record for the codec: the envelope (:func:`envelope`'s fields; fresh ids
+    and now unless given) plus the alert's own fields. The policy engine raises alerts with
+    it, the alert subscribers and tests build them with it."""
+    record = envelope(app, **envelope_fields)
+    record.update(
+        rule=rule,
+        severity=severity,
+        status=status,
+        dedup_key=dedup_key,
+        segment=segment,
+        summary=summary,
+        evidence=dict(evidence or {}),
+        sql=sql,
+        runbook_url=runbook_url,
+    )
+    return record
+
+
 def event_type(record: Mapping[str, Any]) -> str:
     """``prompt``, ``retrieval``, ``completion`` or ``feedback``: the body's record type."""
     body = record.get("body")

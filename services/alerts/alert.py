@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
-from undertow.schemas.events import envelope
+from undertow.schemas.events import alert
 from undertow.services.alerts.errors import AlertError
 
 Severity = Literal["info", "warning", "error", "critical"]
@@ -143,8 +143,17 @@ class Alert:
 
     def to_record(self) -> dict[str, Any]:
         """The ``alert`` record for :meth:`AvroCodec.encode` (envelope fields included)."""
-        record = envelope(
-            self.app,
+        return alert(
+            rule=self.rule,
+            severity=self.severity,
+            status=self.status,
+            dedup_key=self.dedup_key,
+            summary=self.summary,
+            app=self.app,
+            segment=self.segment,
+            evidence=self.evidence,
+            sql=self.sql,
+            runbook_url=self.runbook_url,
             event_id=self.event_id,
             trace_id=self.trace_id or None,
             span_id=self.span_id or None,
@@ -152,18 +161,6 @@ class Alert:
             event_time=self.event_time,
             attributes=self.attributes,
         )
-        record.update(
-            rule=self.rule,
-            severity=self.severity,
-            status=self.status,
-            dedup_key=self.dedup_key,
-            segment=self.segment,
-            summary=self.summary,
-            evidence=dict(self.evidence),
-            sql=self.sql,
-            runbook_url=self.runbook_url,
-        )
-        return record
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (ISO 8601 time, plain dicts), as the webhook channel sends it."""
@@ -206,16 +203,16 @@ def alert_record(
     ``envelope_fields`` are those of :func:`undertow.schemas.events.envelope` (``event_id``,
     ``trace_id``, ``event_time``, ``environment``, ...).
     """
-    record = envelope(app, **envelope_fields)
-    record.update(
+    return alert(
         rule=rule,
         severity=severity,
         status=status,
         dedup_key=dedup_key,
-        segment=segment,
         summary=summary,
-        evidence=dict(evidence or {}),
+        app=app,
+        segment=segment,
+        evidence=evidence,
         sql=sql,
         runbook_url=runbook_url,
+        **envelope_fields,
     )
-    return record

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from undertow.schemas.events import envelope
+from undertow.schemas.events import alert
 from undertow.streams.policy.sql import render
 
 # Namespace of the alert event ids (uuid5): a fixed, arbitrary UUID.
@@ -71,8 +71,17 @@ def build_alert(
 ) -> dict[str, Any]:
     """One alert record, with its SQL rendered from the template and parameters."""
     event_id = uuid.uuid5(ALERT_NAMESPACE, f"{key}|{status}|{severity}|{iso(at)}")
-    record = envelope(
-        app,
+    return alert(
+        rule=rule,
+        severity=severity,
+        status=status,
+        dedup_key=key,
+        summary=summary,
+        app=app,
+        segment=segment,
+        evidence=evidence,
+        sql=None if sql_template is None else render(sql_template, sql_parameters),
+        runbook_url=runbook_url,
         event_id=str(event_id),
         trace_id=hashlib.sha256(key.encode()).hexdigest()[:32],
         span_id=hashlib.sha256(event_id.bytes).hexdigest()[:16],
@@ -80,18 +89,6 @@ def build_alert(
         event_time=at,
         attributes=attributes,
     )
-    record.update(
-        rule=rule,
-        severity=severity,
-        status=status,
-        dedup_key=key,
-        segment=segment,
-        summary=summary,
-        evidence=dict(evidence),
-        sql=None if sql_template is None else render(sql_template, sql_parameters),
-        runbook_url=runbook_url,
-    )
-    return record
 
 
 def joined(ids: Sequence[str]) -> str:
