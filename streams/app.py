@@ -38,7 +38,7 @@ With ``settings.enrich`` on, each batch is scored on a worker thread by an
 once, before the worker joins its group). After the sink stored a batch, the agent publishes
 its ``ScoredEvent`` records to ``undertow.scored.v1`` (waiting for the broker's acks) and folds
 the events into the open-traces table (a Faust table, in memory, backed by the compacted topic
-``<group>-traces-changelog``, which :func:`ensure_changelog_topic` creates with the event
+``<group>-traces-changelog``, which :func:`ensure_worker_topics` creates with the event
 topic's partition count). A timer writes finished traces to ``traces`` and deletes them
 (:mod:`undertow.streams.trace_store`). Standby replicas are off: the timer runs on every
 worker and must only see the traces of partitions that worker owns.
@@ -47,7 +47,7 @@ Example (``undertow worker`` does this)::
 
     settings = WorkerSettings(bootstrap_servers="127.0.0.1:9092",
                               clickhouse_url="http://127.0.0.1:8123")
-    ensure_changelog_topic(settings)
+    ensure_worker_topics(settings)
     app = build_app(settings, enricher=default_enricher(settings))
     run_worker(app)
 """
@@ -61,12 +61,17 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from undertow.errors import ConfigError
-from undertow.schemas.codec import AvroCodec
+from undertow.schemas.codec import AvroCodec, DecodeError
+from undertow.services.warehouse.rows import ALERT_COLUMNS, DRIFT_COLUMNS, alert_row, drift_row
+from undertow.streams.checkpoint import KeyedStates
+from undertow.streams.drift import Baseline, MonitorConfig
+from undertow.streams.drift_processor import DriftProcessor, segment_record_key
 from undertow.streams.enrich import ContextLookup, Enricher
 from undertow.streams.ingest import Enrich, Ingest, SourceRecord, identity
+from undertow.streams.policy_processor import PolicyProcessor, app_record_key
 from undertow.streams.scored import Scored, scored_record
 from undertow.streams.settings import WorkerSettings
 from undertow.streams.sink import Backoff, EventSink, SinkItem, warehouse_connector
@@ -86,20 +91,36 @@ class WorkerHealth:
 EnricherFactory = Callable[[ContextLookup], Enrich]
 
 
+class BaselineSource(Protocol):
+    """Where the drift role gets its baselines: ``undertow.streams.drift.store.BaselineStore``
+    (the warehouse's ``baselines`` table) or anything with the same two methods."""
+
+    def revision(self) -> str:
+        """A token that changes whenever :meth:`current` would return other baselines."""
+        ...
+
+    def current(self) -> Mapping[str, Baseline]:
+        """The active baseline of each segment, by segment key."""
+        ...
+
+
 def build_app(
     settings: WorkerSettings,
     *,
     enricher: EnricherFactory | None = None,
     health: WorkerHealth | None = None,
     partitions: int | None = None,
+    baselines: BaselineSource | None = None,
 ) -> Any:
     """The Faust app (``faust.App``) running the ``settings.role`` processor.
 
     ``enricher`` builds the scoring hook given the open traces' context lookup (see
     :func:`default_enricher`); it is used when ``settings.enrich`` is on, and without one
     events are stored unscored. ``health`` records a fatal failure. ``partitions`` is the
-    event topic's partition count (the open-traces table is co-partitioned with it); None
-    asks the broker.
+    partition count of the role's keyed input (ingest: the event topic, with which the
+    open-traces table is co-partitioned; drift and policy: their repartition topic, with which
+    their state table is); None asks the broker. ``baselines``: where the drift role reads its
+    baselines (default: the warehouse's ``baselines`` table).
     """
     import faust
 
@@ -134,19 +155,29 @@ def build_app(
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         stream_wait_empty=False,  # see "Offsets and acknowledgements" above
         producer_acks=-1,
+        producer_max_request_size=settings.state_max_bytes,  # drift checkpoints are large
+        consumer_max_fetch_size=settings.state_max_bytes,
         processing_guarantee="at_least_once",
         worker_redirect_stdouts=False,
     )
     _refuse_stale_acks(app)
-    committed = _track_commits(
-        app, {settings.events_topic}, reread_uncommitted=settings.auto_offset_reset == "earliest"
-    )
+    reread = settings.auto_offset_reset == "earliest"
     if settings.role == "ingest":
+        committed = _track_commits(app, {settings.events_topic}, reread_uncommitted=reread)
         if partitions is None:
             partitions = event_partitions(settings)
         _add_ingest(
             app, settings, enricher if settings.enrich else None, health, partitions, committed
         )
+        return app
+    sources = _role_sources(settings)
+    _track_commits(app, {*sources, settings.repartition_topic}, reread_uncommitted=reread)
+    if partitions is None:
+        partitions = _partitions(settings, settings.repartition_topic)
+    if settings.role == "drift":
+        _add_drift(app, settings, partitions, baselines, health)
+    else:
+        _add_policy(app, settings, partitions, health)
     return app
 
 
@@ -269,21 +300,63 @@ def event_partitions(settings: WorkerSettings) -> int:
     return counts[settings.events_topic]
 
 
-def ensure_changelog_topic(settings: WorkerSettings) -> int:
-    """Create the open-traces changelog topic if missing; returns the partition count.
+def _role_sources(settings: WorkerSettings) -> tuple[str, ...]:
+    """The topics a drift or policy worker reads before repartitioning them."""
+    if settings.role == "drift":
+        return (settings.scored_topic,)
+    return (settings.scored_topic, settings.drift_topic)
 
-    Compacted, with as many partitions as the event topic: Faust recovers changelog
-    partition *n* to the owner of event partition *n*.
+
+def _partitions(settings: WorkerSettings, topic: str) -> int:
+    from undertow.infra.kafka import topic_partitions
+
+    counts = topic_partitions(str(settings.bootstrap_servers))
+    if topic not in counts:
+        raise ConfigError(
+            f"the topic {topic} does not exist on {settings.bootstrap_servers}; "
+            "create the topics first (undertow infra up, or infra/topics.yaml)"
+        )
+    return counts[topic]
+
+
+def ensure_worker_topics(settings: WorkerSettings) -> int:
+    """Create the role's own topics if missing; returns the partition count of its keyed input.
+
+    ingest: the open-traces changelog, compacted, with as many partitions as the event topic
+    (Faust recovers changelog partition *n* to the owner of event partition *n*). drift and
+    policy: the repartition topic, with as many partitions as the scored topic, and their
+    state changelog, compacted, co-partitioned with it and taking checkpoints of up to
+    ``state_max_bytes``.
     """
     from undertow.infra.kafka import TopicSpec, ensure_topics
 
-    partitions = event_partitions(settings)
-    spec = TopicSpec(
-        settings.traces_changelog_topic,
-        partitions,
-        {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "3600000"},
-    )
-    ensure_topics(str(settings.bootstrap_servers), [spec])
+    compacted = {
+        "cleanup.policy": "compact",
+        "min.compaction.lag.ms": "60000",
+        "segment.ms": "3600000",
+    }
+    if settings.role == "ingest":
+        partitions = event_partitions(settings)
+        specs = [TopicSpec(settings.traces_changelog_topic, partitions, compacted)]
+    else:
+        for topic in _role_sources(settings):
+            _partitions(settings, topic)  # a clear error when the pipeline's topics are missing
+        partitions = _partitions(settings, settings.scored_topic)
+        specs = [
+            TopicSpec(
+                settings.repartition_topic,
+                partitions,
+                {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+            ),
+            TopicSpec(
+                settings.state_changelog_topic,
+                partitions,
+                {**compacted, "max.message.bytes": str(settings.state_max_bytes)},
+            ),
+        ]
+    ensure_topics(str(settings.bootstrap_servers), specs)
+    if settings.role != "ingest":
+        partitions = _partitions(settings, settings.repartition_topic)
     return partitions
 
 
@@ -358,17 +431,7 @@ def _add_ingest(
     partitions: int,
     committed: CommittedOffsets,
 ) -> None:
-    backoff = Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s)
-    sink = EventSink(
-        warehouse_connector(
-            str(settings.clickhouse_url),
-            settings.clickhouse_database,
-            settings.clickhouse_user,
-            settings.clickhouse_password.get_secret_value(),
-            settings.clickhouse_timeout_s,
-        ),
-        backoff=backoff,
-    )
+    sink, backoff = _sink(settings)
     codec = AvroCodec()
     deadletter_topic = settings.deadletter_topic
     scored_topic = settings.scored_topic
@@ -392,12 +455,8 @@ def _add_ingest(
         max_age_s=settings.trace_max_age_s,
     )
 
-    async def send_all(topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
-        producer = app.producer
-        pending = [
-            await producer.send(topic, key, value, None, None, None) for key, value in messages
-        ]
-        await asyncio.gather(*pending)
+    def send_all(topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> Any:
+        return _send_all(app, topic, messages)
 
     async def publish_dead_letters(values: Sequence[bytes]) -> None:
         await send_all(deadletter_topic, [(None, value) for value in values])
@@ -502,6 +561,363 @@ def _add_ingest(
         logger.debug("%d traces written, %d closed, %d open", len(rows), removed, len(store))
 
     app.timer(settings.trace_scan_interval_s, name="undertow.streams.traces")(write_finished_traces)
+
+
+def _sink(settings: WorkerSettings) -> tuple[EventSink, Backoff]:
+    backoff = Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s)
+    sink = EventSink(
+        warehouse_connector(
+            str(settings.clickhouse_url),
+            settings.clickhouse_database,
+            settings.clickhouse_user,
+            settings.clickhouse_password.get_secret_value(),
+            settings.clickhouse_timeout_s,
+        ),
+        backoff=backoff,
+    )
+    return sink, backoff
+
+
+async def _send_all(app: Any, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+    """Produce ``(key, value)`` messages in order and wait until the broker has them all."""
+    producer = app.producer
+    pending = [await producer.send(topic, key, value, None, None, None) for key, value in messages]
+    await asyncio.gather(*pending)
+
+
+async def _publish(
+    app: Any,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes]],
+    backoff: Backoff,
+    what: str,
+) -> None:
+    """:func:`_send_all`, retried until the broker takes the messages."""
+    if messages:
+        await _retry(lambda: _send_all(app, topic, messages), backoff, what)
+
+
+def _records(events: Sequence[Any]) -> list[SourceRecord]:
+    return [
+        SourceRecord(
+            topic=event.message.topic,
+            partition=event.message.partition,
+            offset=event.message.offset,
+            key=event.message.key,
+            value=event.message.value,
+        )
+        for event in events
+    ]
+
+
+async def _fail(what: str, exc: BaseException, health: WorkerHealth | None) -> None:
+    """A processor bug: stop the worker (records in hand stay unacknowledged, read again)."""
+    logger.critical("the %s failed; stopping the worker", what, exc_info=exc)
+    if health is not None:
+        health.failure = exc
+    signal.raise_signal(signal.SIGTERM)
+    await asyncio.Event().wait()  # parked, unacknowledged, until cancelled
+
+
+def _add_rekey(
+    app: Any,
+    settings: WorkerSettings,
+    types: tuple[str, ...],
+    key_of: Callable[[dict[str, Any]], str],
+    health: WorkerHealth | None,
+) -> None:
+    """Forward the role's source records unchanged to its repartition topic, keyed by
+    ``key_of(record)``; records of other types or undecodable go to dead letters. A batch is
+    acknowledged only once the broker has all of it."""
+    from undertow.streams.drift_processor import letter
+
+    codec = AvroCodec()
+    backoff = Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s)
+    target = settings.repartition_topic
+    processor = f"{settings.role}.rekey"
+
+    def route(records: list[SourceRecord]) -> tuple[list[tuple[bytes | None, bytes]], list[bytes]]:
+        messages: list[tuple[bytes | None, bytes]] = []
+        letters: list[bytes] = []
+        for rec in records:
+            try:
+                if rec.value is None:
+                    raise DecodeError(f"empty value (tombstone): expected {' or '.join(types)}")
+                decoded = codec.decode(rec.value)
+                if decoded.type_name not in types:
+                    raise DecodeError(
+                        f"a {decoded.type_name} record; expected {' or '.join(types)}"
+                    )
+                messages.append((key_of(decoded.record).encode(), rec.value))
+            except DecodeError as exc:
+                dead = letter(rec, str(exc), type(exc).__name__, processor)
+                letters.append(codec.encode("dead_letter", dead))
+        return messages, letters
+
+    async def rekey(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            for event in events:
+                event.message.incref()
+            try:
+                messages, letters = route(_records(events))
+                if messages:
+                    await _publish(app, target, messages, backoff, target)
+                if letters:
+                    pairs = [(None, v) for v in letters]
+                    await _publish(app, settings.deadletter_topic, pairs, backoff, "dead letters")
+            except Exception as exc:
+                await _fail(processor, exc, health)
+                return
+            for event in events:
+                await stream.ack(event)
+
+    source = app.topic(*_role_sources(settings), key_serializer="raw", value_serializer="raw")
+    app.agent(source, name=f"undertow.streams.{settings.role}.rekey")(rekey)
+
+
+class _KeyedStage:
+    """The Faust side of a checkpointed keyed processor (drift, policy): a state table whose
+    values are checkpoints (:mod:`undertow.streams.checkpoint`), the records handed to the
+    processor since the last checkpoint (acknowledged only after it), and a lock that keeps
+    batches, timers and checkpoints from interleaving."""
+
+    def __init__(
+        self,
+        app: Any,
+        settings: WorkerSettings,
+        partitions: int,
+        help_text: str,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        # Keys and values are bytes encoded here (streams/checkpoint.py), so the changelog
+        # topic (created by ensure_worker_topics) is given with raw serializers: Faust's
+        # recovery decodes with the topic's, json by default.
+        changelog = app.topic(
+            settings.state_changelog_topic,
+            partitions=partitions,
+            key_serializer="raw",
+            value_serializer="raw",
+            compacting=True,
+        )
+        self.table = app.Table(
+            settings.role, partitions=partitions, changelog_topic=changelog, help=help_text
+        )
+        self.table.key_serializer = "raw"
+        self.table.value_serializer = "raw"
+        self.states = KeyedStates(self.table.data)
+        self.lock = asyncio.Lock()
+        self.held: list[tuple[Any, Any]] = []
+        self.last = time.monotonic()
+
+    @property
+    def generation(self) -> int:
+        return int(self.app.consumer_generation_id)
+
+    async def checkpoint(
+        self, state_of: Callable[[str], dict[str, Any] | None], forget: Callable[[int], None]
+    ) -> None:
+        """Write the changed states (waiting for the broker), then acknowledge the records
+        they hold. Call with :attr:`lock` held."""
+        if self.app.rebalancing:
+            return  # the assignment is changing; the next checkpoint runs in the new one
+        generation = self.generation
+        writes = self.states.checkpoints(generation, state_of)
+        topic = self.table.changelog_topic
+        pending = []
+        for partition, key, value in writes:
+            pending.append(
+                await topic.send(
+                    key=key,
+                    value=value,
+                    partition=partition,
+                    key_serializer="raw",
+                    value_serializer="raw",
+                    force=True,
+                )
+            )
+        if pending:
+            await asyncio.gather(*pending)
+        for _, key, value in writes:
+            self.table.data[key] = value
+        self.states.written(generation)
+        held, self.held = self.held, []
+        for stream, event in held:
+            await stream.ack(event)
+        forget(generation)
+        self.last = time.monotonic()
+        if writes:
+            logger.debug(
+                "checkpoint: %d keys, %d bytes, %d records acknowledged",
+                len(writes),
+                sum(len(v) for _, _, v in writes),
+                len(held),
+            )
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.settings.checkpoint_interval_s
+
+    def run(
+        self,
+        process: Callable[[list[SourceRecord], int], Any],
+        emit: Callable[[Any], Any],
+        state_of: Callable[[str], dict[str, Any] | None],
+        forget: Callable[[int], None],
+        health: WorkerHealth | None,
+    ) -> None:
+        """Register the agent over the repartition topic and the checkpoint timer."""
+        settings = self.settings
+
+        async def stage(stream: Any) -> None:
+            batches = stream.take_events(settings.batch_size, within=settings.batch_window_s)
+            async for events in batches:
+                for event in events:
+                    event.message.incref()
+                async with self.lock:
+                    try:
+                        output = await asyncio.to_thread(process, _records(events), self.generation)
+                        await emit(output)
+                    except Exception as exc:
+                        await _fail(f"{settings.role} processor", exc, health)
+                        return
+                    self.held.extend((stream, event) for event in events)
+                    if self.due():
+                        await self.checkpoint(state_of, forget)
+
+        source = self.app.topic(
+            settings.repartition_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.app.agent(source, name=f"undertow.streams.{settings.role}")(stage)
+
+        async def checkpoint_timer() -> None:
+            try:
+                async with self.lock:
+                    if self.held or self.states.dirty(self.generation):
+                        await self.checkpoint(state_of, forget)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker is away: the next tick tries again
+                logger.error(
+                    "checkpointing %s state failed; retrying", settings.role, exc_info=True
+                )
+
+        self.app.timer(
+            settings.checkpoint_interval_s, name=f"undertow.streams.{settings.role}.checkpoint"
+        )(checkpoint_timer)
+
+
+def _warehouse_baselines(settings: WorkerSettings) -> BaselineSource:
+    from undertow.services.warehouse.client import connect
+    from undertow.streams.drift.store import BaselineStore
+
+    client = connect(
+        str(settings.clickhouse_url),
+        settings.clickhouse_database,
+        settings.clickhouse_user,
+        settings.clickhouse_password.get_secret_value(),
+    )
+    return BaselineStore(client)
+
+
+def _add_drift(
+    app: Any,
+    settings: WorkerSettings,
+    partitions: int,
+    baselines: BaselineSource | None,
+    health: WorkerHealth | None,
+) -> None:
+    source = baselines if baselines is not None else _warehouse_baselines(settings)
+    revision = source.revision()
+    config = MonitorConfig(window=settings.drift_window)
+    stage = _KeyedStage(app, settings, partitions, "drift monitor state by segment")
+    codec = AvroCodec()
+    processor = DriftProcessor(source.current(), stage.states, config, codec)
+    logger.info(
+        "drift: %d baselines %s", len(processor.baseline_versions), processor.baseline_versions
+    )
+    sink, backoff = _sink(settings)
+    _add_rekey(app, settings, ("scored_event",), lambda r: segment_record_key(r, config), health)
+
+    async def emit(output: Any) -> None:
+        events = output.drift_events
+        if events:
+            rows = [drift_row(e) for e in events]
+            token = _digest("drift:" + ",".join(str(e["event_id"]) for e in events))
+            await sink.insert_rows("drift", DRIFT_COLUMNS, rows, token)
+            messages = [
+                (str(e["segment"]).encode(), codec.encode("drift_event", e)) for e in events
+            ]
+            await _publish(app, settings.drift_topic, messages, backoff, "drift events")
+            detected = sum(bool(e["detected"]) for e in events)
+            logger.info("%d drift events (%d detections)", len(events), detected)
+        if output.dead_letters:
+            letters = [(None, codec.encode("dead_letter", d)) for d in output.dead_letters]
+            await _publish(app, settings.deadletter_topic, letters, backoff, "dead letters")
+
+    stage.run(processor.process, emit, processor.state_of, processor.forget, health)
+
+    async def poll_baselines() -> None:
+        nonlocal revision
+        try:
+            now = await asyncio.to_thread(source.revision)
+            if now == revision:
+                return
+            current = await asyncio.to_thread(source.current)
+            async with stage.lock:
+                changed = processor.use_baselines(current, stage.generation)
+            revision = now
+            logger.info("drift: baselines changed for %s", ", ".join(changed) or "no segment")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.error("reading the baselines failed; retrying", exc_info=True)
+
+    app.timer(settings.baseline_poll_s, name="undertow.streams.drift.baselines")(poll_baselines)
+
+
+def _add_policy(
+    app: Any, settings: WorkerSettings, partitions: int, health: WorkerHealth | None
+) -> None:
+    from undertow.streams.policy import load_rules
+
+    rules = load_rules(settings.rules_file)
+    stage = _KeyedStage(app, settings, partitions, "policy engine state by app")
+    codec = AvroCodec()
+    processor = PolicyProcessor(rules, stage.states, codec)
+    sink, backoff = _sink(settings)
+    _add_rekey(app, settings, ("scored_event", "drift_event"), app_record_key, health)
+
+    async def emit(output: Any) -> None:
+        alerts = output.alerts
+        if alerts:
+            rows = [alert_row(a) for a in alerts]
+            token = _digest("alerts:" + ",".join(str(a["event_id"]) for a in alerts))
+            await sink.insert_rows("alerts", ALERT_COLUMNS, rows, token)
+            messages = [(str(a["dedup_key"]).encode(), codec.encode("alert", a)) for a in alerts]
+            await _publish(app, settings.alerts_topic, messages, backoff, "alerts")
+            for a in alerts:
+                logger.info(
+                    "alert %s %s %s (%s)", a["status"], a["severity"], a["rule"], a["dedup_key"]
+                )
+        if output.dead_letters:
+            letters = [(None, codec.encode("dead_letter", d)) for d in output.dead_letters]
+            await _publish(app, settings.deadletter_topic, letters, backoff, "dead letters")
+
+    stage.run(processor.process, emit, processor.state_of, processor.forget, health)
+
+    async def tick() -> None:
+        try:
+            if app.rebalancing:
+                return
+            async with stage.lock:
+                output = processor.tick(stage.generation)
+                await emit(output)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.error("the policy tick failed; retrying", exc_info=True)
+
+    app.timer(settings.policy_tick_s, name="undertow.streams.policy.tick")(tick)
 
 
 def _digest(text: str) -> str:

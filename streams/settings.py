@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from undertow.schemas import topics
 
-Role = Literal["ingest"]
+Role = Literal["ingest", "drift", "policy"]
 
 
 class WorkerSettings(BaseSettings):
@@ -40,6 +40,8 @@ class WorkerSettings(BaseSettings):
     clickhouse_password: SecretStr = SecretStr("")
     events_topic: str = topics.EVENTS
     deadletter_topic: str = topics.DEADLETTER
+    drift_topic: str = topics.DRIFT
+    alerts_topic: str = topics.ALERTS
 
     # Micro-batches: the sink writes (and the scorers run) once per batch. Faust's take_events
     # holds new records back while the agent works on a batch and starts the window only
@@ -93,6 +95,25 @@ class WorkerSettings(BaseSettings):
     trace_max_age_s: float = Field(default=600.0, gt=0)
     trace_scan_interval_s: float = Field(default=1.0, gt=0, le=60)
 
+    # Keyed state of the drift and policy roles (streams/checkpoint.py): written to the
+    # table's changelog every checkpoint_interval_s; records are acknowledged (and so
+    # committed) only once the state they went into is written.
+    checkpoint_interval_s: float = Field(default=2.0, gt=0, le=600)
+    state_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="largest checkpoint of one key (a drift segment holds windows of vectors)",
+    )
+
+    # drift: baselines come from the warehouse's baselines table (undertow baseline build),
+    # polled for changes; the monitor keeps `drift_window` recent events per stream.
+    baseline_poll_s: float = Field(default=10.0, gt=0)
+    drift_window: int = Field(default=500, ge=20, le=10_000)
+
+    # policy: the rules (default: streams/rules.yaml) and how often quiet streams move on.
+    rules_file: Path | None = None
+    policy_tick_s: float = Field(default=1.0, gt=0, le=60)
+
     # Kafka consumer behaviour. The session timeout bounds how long a crashed worker keeps its
     # partitions; the poll interval bounds how long a blocked agent (warehouse away, buffers
     # full) may go without polling before the group drops it (it rejoins afterwards).
@@ -129,3 +150,14 @@ class WorkerSettings(BaseSettings):
         """The changelog topic of the open-traces table (``infra/topics.yaml`` creates the
         default group's; a worker with its own group creates its own, like Faust would)."""
         return f"{self.consumer_group}-traces-changelog"
+
+    @property
+    def repartition_topic(self) -> str:
+        """drift: scored events keyed by segment; policy: scored and drift events by app."""
+        what = {"drift": "segments", "policy": "apps"}.get(self.role, self.role)
+        return f"{self.consumer_group}-{what}-repartition"
+
+    @property
+    def state_changelog_topic(self) -> str:
+        """The changelog topic of the drift or policy role's state table."""
+        return f"{self.consumer_group}-{self.role}-changelog"

@@ -195,7 +195,8 @@ def gateway(
 @app.command()
 def worker(
     role: Annotated[
-        Literal["ingest"] | None, typer.Option(help="the processor to run (default: ingest)")
+        Literal["ingest", "drift", "policy"] | None,
+        typer.Option(help="the processor to run (default: ingest)"),
     ] = None,
     log_batches: Annotated[
         bool, typer.Option(help="log one line per batch with the time of each step")
@@ -206,6 +207,13 @@ def worker(
     ingest: events from Kafka into ClickHouse, scored (embeddings, toxicity, injection,
     tokens and cost, retrieval quality) into scores and embeddings and onto the scored topic;
     finished traces into traces; undecodable records to the dead-letter topic.
+
+    drift: scored events per segment through online detectors against the segment's baseline
+    (undertow baseline build); drift events into the drift table and onto the drift topic.
+
+    policy: scored and drift events through the alert rules (undertow rules check); alerts
+    into the alerts table and onto the alerts topic, for undertow alerts serve.
+
     Settings come from UNDERTOW_WORKER_* variables; Kafka and ClickHouse default to the local
     stack's. Offsets are committed only after the warehouse stored the rows.
     """
@@ -214,7 +222,7 @@ def worker(
         WorkerHealth,
         build_app,
         default_enricher,
-        ensure_changelog_topic,
+        ensure_worker_topics,
         run_worker,
     )
     from undertow.streams.settings import WorkerSettings
@@ -248,21 +256,31 @@ def worker(
         for noisy in ("urllib3", "clickhouse_connect"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     health = WorkerHealth()
-    partitions = ensure_changelog_topic(settings)
+    partitions = ensure_worker_topics(settings)
     began = time.perf_counter()
     faust_app = build_app(
-        settings, enricher=default_enricher(settings), health=health, partitions=partitions
+        settings,
+        enricher=default_enricher(settings) if settings.role == "ingest" else None,
+        health=health,
+        partitions=partitions,
     )
-    scoring = (
-        f"scoring with {settings.embedder}, {settings.toxicity or 'no toxicity'}, "
-        f"{settings.injection or 'no injection'}"
-        if settings.enrich
-        else "scoring off"
-    )
+    if settings.role == "ingest":
+        source = settings.events_topic
+        doing = (
+            f"scoring with {settings.embedder}, {settings.toxicity or 'no toxicity'}, "
+            f"{settings.injection or 'no injection'}"
+            if settings.enrich
+            else "scoring off"
+        )
+    elif settings.role == "drift":
+        source, doing = settings.scored_topic, f"drift events to {settings.drift_topic}"
+    else:
+        source = f"{settings.scored_topic} + {settings.drift_topic}"
+        doing = f"alerts to {settings.alerts_topic}"
     console.print(
         f"worker {settings.role} (group {settings.consumer_group}): "
-        f"{settings.events_topic} on {settings.bootstrap_servers} -> "
-        f"{settings.clickhouse_url}/{settings.clickhouse_database}; {scoring} "
+        f"{source} on {settings.bootstrap_servers} -> "
+        f"{settings.clickhouse_url}/{settings.clickhouse_database}; {doing} "
         f"(ready in {time.perf_counter() - began:.1f} s)",
         highlight=False,
     )

@@ -134,3 +134,64 @@ def insert_events(client: Client, items: Iterable[tuple[Mapping[str, Any], str, 
     except ClickHouseError as exc:
         raise WarehouseError(f"inserting {len(rows)} events failed: {exc}") from exc
     return len(rows)
+
+
+DRIFT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_time",
+    "app",
+    "environment",
+    "segment",
+    "segment_fields",
+    "stream",
+    "detector",
+    "statistic",
+    "threshold",
+    "detected",
+    "window_reference",
+    "window_current",
+    "baseline_version",
+    "example_event_ids",
+    "nearest_topics",
+)
+
+ALERT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_time",
+    "app",
+    "environment",
+    "trace_id",
+    "rule",
+    "severity",
+    "status",
+    "dedup_key",
+    "segment",
+    "summary",
+    "evidence",
+    "sql",
+    "runbook_url",
+)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def drift_row(record: Mapping[str, Any]) -> list[Any]:
+    """One ``drift`` row, in ``DRIFT_COLUMNS`` order, from a ``drift_event`` record."""
+    row = {c: record.get(c) for c in DRIFT_COLUMNS}
+    row["event_id"] = _uuid(record["event_id"])
+    row["segment_fields"] = dict(record.get("segment_fields") or {})
+    row["baseline_version"] = record.get("baseline_version") or ""
+    row["example_event_ids"] = list(record.get("example_event_ids") or [])
+    row["nearest_topics"] = list(record.get("nearest_topics") or [])
+    return [row[c] for c in DRIFT_COLUMNS]
+
+
+def alert_row(record: Mapping[str, Any]) -> list[Any]:
+    """One ``alerts`` row, in ``ALERT_COLUMNS`` order, from an ``alert`` record."""
+    row = {c: record.get(c) for c in ALERT_COLUMNS}
+    row["event_id"] = _uuid(record["event_id"])
+    row["segment"] = record.get("segment") or ""
+    row["evidence"] = dict(record.get("evidence") or {})
+    return [row[c] for c in ALERT_COLUMNS]

@@ -1,0 +1,166 @@
+"""Keyed processor state that survives restarts: checkpoints in a Faust table, exact replays.
+
+The drift and policy processors keep state per key (a drift segment, an app) that must
+outlive the worker: a restarted or rebalanced worker carries on with the detectors and
+incidents of the one before. Writing a key's whole state to the table's changelog after every
+micro-batch would cost too much (a drift segment with its windows of embeddings is about a
+megabyte), so state is *checkpointed* on a timer, and the records folded into it since the
+last checkpoint are acknowledged only once it is written. The committed offset therefore
+never passes a record whose effect is not in the changelog.
+
+After a crash the records since the last commit are read again. Some of them may already be
+in a checkpointed state (a checkpoint written, the commit that followed it not yet), so every
+checkpoint records, per key, the partition and the highest source offset folded into it, and
+:meth:`KeyedStates.fresh` tells a replayed record from a new one. A processor whose decisions
+are a deterministic function of its state and input (the drift monitor and the policy engine
+are) then makes exactly the decisions it would have made had it never stopped, and whatever
+it emitted twice carries the same ids, which the warehouse deduplicates.
+
+Each key belongs to one partition of the processor's input (a repartition topic keyed by
+the key), and its checkpoint goes to the same partition of the changelog, so Faust recovers
+it to the worker that owns the key. A key's in-memory state is trusted only within the
+consumer generation it was loaded in: after a rebalance it is loaded again from the table,
+which is what the previous owner checkpointed.
+
+Values in the table are ``zlib``-compressed JSON: ``{"v": 1, "partition", "offset", "state"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from undertow.errors import UndertowError
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UndertowError):
+    """A checkpoint in the table could not be read (another format, corrupt bytes)."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A key's checkpoint: the source partition and the highest offset folded into ``state``."""
+
+    partition: int
+    offset: int
+    state: dict[str, Any]
+
+
+def encode_checkpoint(partition: int, offset: int, state: dict[str, Any]) -> bytes:
+    """The table value of a checkpoint (compact JSON, compressed)."""
+    body = {"v": FORMAT_VERSION, "partition": partition, "offset": offset, "state": state}
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 3)
+
+
+def decode_checkpoint(raw: bytes) -> Saved:
+    """The checkpoint in a table value; :class:`CheckpointError` when it is not one."""
+    try:
+        body = json.loads(zlib.decompress(raw))
+        if body.get("v") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {body.get('v')!r}, expected {FORMAT_VERSION}")
+        return Saved(int(body["partition"]), int(body["offset"]), dict(body["state"]))
+    except CheckpointError:
+        raise
+    except (zlib.error, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"unreadable checkpoint: {exc!r}") from exc
+
+
+@dataclass
+class _Slot:
+    partition: int
+    offset: int  # highest source offset folded into the in-memory state; -1: none
+    generation: int
+    dirty: bool = False
+
+
+class KeyedStates:
+    """Which keys a processor holds in memory, how far each got, and what to checkpoint.
+
+    ``table``: the Faust table's data (key bytes to checkpoint bytes), filled by Faust's
+    recovery from the changelog and by :meth:`checkpoints`' caller after each write.
+    """
+
+    def __init__(self, table: MutableMapping[Any, Any]) -> None:
+        self.table = table
+        self._slots: dict[str, _Slot] = {}
+
+    def load(self, key: str, partition: int, generation: int) -> Saved | None:
+        """Start using ``key`` in ``generation``: its checkpoint from the table, or None when
+        it has none (then the caller starts the key afresh). Call :meth:`current` first."""
+        raw = self.table.get(key.encode())
+        saved = None if raw is None else decode_checkpoint(bytes(raw))
+        offset = -1 if saved is None or saved.partition != partition else saved.offset
+        self._slots[key] = _Slot(partition, offset, generation)
+        return saved if saved is not None and saved.partition == partition else None
+
+    def current(self, key: str, generation: int) -> bool:
+        """True when the in-memory state of ``key`` is valid in ``generation`` (loaded in it)."""
+        slot = self._slots.get(key)
+        return slot is not None and slot.generation == generation
+
+    def fresh(self, key: str, offset: int) -> bool:
+        """True when the record at ``offset`` is not yet folded into the state of ``key``."""
+        return offset > self._slots[key].offset
+
+    def folded(self, key: str, offset: int) -> None:
+        """The record at ``offset`` is now part of the state of ``key``."""
+        slot = self._slots[key]
+        slot.offset = max(slot.offset, offset)
+        slot.dirty = True
+
+    def touch(self, key: str) -> None:
+        """The state of ``key`` changed without input (a timer): checkpoint it."""
+        self._slots[key].dirty = True
+
+    def keys(self, generation: int) -> list[str]:
+        """The keys whose in-memory state is valid in ``generation``."""
+        return [k for k, s in self._slots.items() if s.generation == generation]
+
+    def partition(self, key: str) -> int:
+        return self._slots[key].partition
+
+    def forget(self, keys: Callable[[str], bool]) -> list[str]:
+        """Drop the slots for which ``keys`` is true (they load again on next use)."""
+        gone = [k for k in self._slots if keys(k)]
+        for k in gone:
+            del self._slots[k]
+        return gone
+
+    def checkpoints(
+        self, generation: int, state_of: Callable[[str], dict[str, Any] | None]
+    ) -> list[tuple[int, bytes, bytes]]:
+        """``(partition, key, value)`` for every dirty key valid in ``generation``. They stay
+        dirty until :meth:`written` (a failed write is tried again at the next checkpoint).
+        ``state_of`` gives a key's state, or None for a key with nothing to keep."""
+        out = []
+        for key, slot in self._slots.items():
+            if not slot.dirty or slot.generation != generation:
+                continue
+            state = state_of(key)
+            if state is not None:
+                value = encode_checkpoint(slot.partition, slot.offset, state)
+                out.append((slot.partition, key.encode(), value))
+        return out
+
+    def written(self, generation: int) -> None:
+        """The checkpoints handed out by :meth:`checkpoints` for ``generation`` are stored."""
+        for slot in self._slots.values():
+            if slot.generation == generation:
+                slot.dirty = False
+
+    def dirty(self, generation: int) -> bool:
+        return any(s.dirty and s.generation == generation for s in self._slots.values())
+
+
+__all__ = [
+    "CheckpointError",
+    "KeyedStates",
+    "Saved",
+    "decode_checkpoint",
+    "encode_checkpoint",
+]

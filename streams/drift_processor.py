@@ -1,0 +1,183 @@
+"""The drift processor: scored events per segment into the drift monitor, drift events out.
+
+The worker's ``drift`` role runs two stages (wired in ``streams/app.py``):
+
+1. **rekey**: scored events (``undertow.scored.v1``, keyed by trace_id) are forwarded unchanged
+   to the repartition topic ``<group>-segments-repartition``, keyed by their segment key
+   (:func:`segment_record_key`), so every event of a segment reaches one worker, in order;
+2. **detect** (:class:`DriftProcessor`): each micro-batch of the repartition topic goes through
+   the :class:`~undertow.streams.drift.DriftMonitor`; the drift events it completes are stored
+   in the ``drift`` table and published to ``undertow.drift.v1`` (key: segment).
+
+Per segment, the monitor's state (detectors, windows, pending detections) is checkpointed to
+a Faust table keyed by segment (:mod:`undertow.streams.checkpoint`), so a restarted worker
+resumes every segment where it stopped and, replaying the records since its last commit,
+makes the decisions it would have made without the stop; drift events it emits twice carry
+the same ids.
+
+Baselines come from a :class:`~undertow.streams.drift.store.BaselineStore` (``undertow
+baseline build``); :meth:`DriftProcessor.use_baselines` swaps them in while running. A
+segment whose baseline version changed starts afresh; events of segments without a baseline
+are counted and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from undertow.schemas.codec import AvroCodec, DecodeError
+from undertow.streams.checkpoint import CheckpointError, KeyedStates
+from undertow.streams.dead_letters import dead_letter
+from undertow.streams.drift import Baseline, DriftError, DriftMonitor, MonitorConfig
+from undertow.streams.drift.segment import segment_key, segment_of
+from undertow.streams.ingest import SourceRecord
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR = "drift"
+
+
+def segment_record_key(record: Mapping[str, Any], config: MonitorConfig) -> str:
+    """The repartition key of a scored event: its segment key under ``config``."""
+    return segment_key(segment_of(record, config.segment_fields))
+
+
+@dataclass
+class DriftOutput:
+    """What one micro-batch came to."""
+
+    drift_events: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, object]] = field(default_factory=list)
+    events: int = 0  # scored events fed to the monitor
+    replayed: int = 0  # records already folded into a checkpoint, skipped
+
+
+def letter(rec: SourceRecord, reason: str, error_type: str, processor: str) -> dict[str, object]:
+    """A dead letter for a record a processor cannot use."""
+    return dead_letter(
+        reason=reason,
+        error_type=error_type,
+        processor=processor,
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        payload=rec.value or b"",
+    )
+
+
+class DriftProcessor:
+    """Feeds repartitioned scored events to a :class:`DriftMonitor`, one state per segment.
+
+    ``states`` holds the checkpoints (see :mod:`undertow.streams.checkpoint`); ``generation``
+    arguments are the Kafka consumer generation the records were fetched in.
+    """
+
+    def __init__(
+        self,
+        baselines: Mapping[str, Baseline],
+        states: KeyedStates,
+        config: MonitorConfig | None = None,
+        codec: AvroCodec | None = None,
+    ) -> None:
+        self.config = config or MonitorConfig()
+        self.states = states
+        self.codec = codec or AvroCodec()
+        self.monitor = DriftMonitor(baselines, self.config)
+
+    @property
+    def baseline_versions(self) -> dict[str, str]:
+        return {k: b.version for k, b in sorted(self.monitor.baselines.items())}
+
+    def process(self, records: Sequence[SourceRecord], generation: int) -> DriftOutput:
+        """Fold a micro-batch (records of the repartition topic, in offset order per
+        partition) into the monitor; the drift events it completed and the dead letters."""
+        out = DriftOutput()
+        batch: list[tuple[str, int, dict[str, Any]]] = []
+        for rec in records:
+            if rec.key is None:
+                out.dead_letters.append(
+                    letter(rec, "repartitioned record without a segment key", "KeyError", PROCESSOR)
+                )
+                continue
+            key = rec.key.decode("utf-8", "replace")
+            self._ensure(key, rec.partition, generation)
+            if not self.states.fresh(key, rec.offset):
+                out.replayed += 1
+                continue
+            try:
+                if rec.value is None:
+                    raise DecodeError("empty value (tombstone): expected a scored_event record")
+                record = self.codec.decode(rec.value, "scored_event").record
+            except DecodeError as exc:
+                out.dead_letters.append(letter(rec, str(exc), type(exc).__name__, PROCESSOR))
+                continue
+            if segment_record_key(record, self.config) != key:
+                reason = f"segment key {key!r} does not match the record's segment"
+                out.dead_letters.append(letter(rec, reason, "ValueError", PROCESSOR))
+                continue
+            batch.append((key, rec.offset, record))
+        if batch:
+            out.drift_events = self.monitor.update_many([r for _, _, r in batch])
+            for key, offset, _ in batch:
+                self.states.folded(key, offset)
+            out.events = len(batch)
+        return out
+
+    def _ensure(self, key: str, partition: int, generation: int) -> None:
+        """Have the in-memory state of ``key`` be the one valid in ``generation``."""
+        if self.states.current(key, generation):
+            return
+        try:
+            saved = self.states.load(key, partition, generation)
+        except CheckpointError as exc:
+            logger.error("segment %s: checkpoint unreadable, starting afresh: %s", key, exc)
+            saved = None
+        self.monitor.segments.pop(key, None)
+        if saved is None:
+            return
+        try:
+            if not self.monitor.restore_segment(key, saved.state):
+                logger.warning("segment %s: baseline changed since its checkpoint; afresh", key)
+                self.states.touch(key)
+        except DriftError as exc:  # another MonitorConfig: the checkpoint cannot continue
+            logger.error("segment %s: checkpoint not restorable, starting afresh: %s", key, exc)
+            self.monitor.segments.pop(key, None)
+            self.states.touch(key)
+
+    def state_of(self, key: str) -> dict[str, Any] | None:
+        """The state to checkpoint for ``key`` (None: a segment without a baseline)."""
+        monitor = self.monitor.segments.get(key)
+        return None if monitor is None else monitor.to_state()
+
+    def use_baselines(self, baselines: Mapping[str, Baseline], generation: int) -> list[str]:
+        """Swap the baselines in; segments whose baseline version changed start afresh.
+        Returns the segments whose baseline was added, changed or removed."""
+        old = self.monitor
+        changed = sorted(
+            k
+            for k in set(old.baselines) | set(baselines)
+            if (old.baselines[k].version if k in old.baselines else None)
+            != (baselines[k].version if k in baselines else None)
+        )
+        monitor = DriftMonitor(baselines, self.config)
+        for key, segment in old.segments.items():
+            if monitor.restore_segment(key, segment.to_state()) is False and self.states.current(
+                key, generation
+            ):
+                self.states.touch(key)
+        monitor.unbaselined = dict(old.unbaselined)
+        self.monitor = monitor
+        return changed
+
+    def forget(self, generation: int) -> None:
+        """Drop the in-memory state of segments not loaded in ``generation`` (their
+        partitions moved away; they load again from the table if they come back)."""
+        for key in self.states.forget(lambda k: not self.states.current(k, generation)):
+            self.monitor.segments.pop(key, None)
+
+
+__all__ = ["PROCESSOR", "DriftOutput", "DriftProcessor", "letter", "segment_record_key"]
