@@ -96,11 +96,11 @@ class BaselineSource(Protocol):
     (the warehouse's ``baselines`` table) or anything with the same two methods."""
 
     def revision(self) -> str:
-        """A token that changes whenever :meth:`current` would return other baselines."""
+        """A token that changes whenever :meth:`snapshot` would return other baselines."""
         ...
 
-    def current(self) -> Mapping[str, Baseline]:
-        """The active baseline of each segment, by segment key."""
+    def snapshot(self) -> tuple[str, Mapping[str, Baseline]]:
+        """The revision and the active baseline of each segment (by segment key) at once."""
         ...
 
 
@@ -827,11 +827,11 @@ def _add_drift(
     health: WorkerHealth | None,
 ) -> None:
     source = baselines if baselines is not None else _warehouse_baselines(settings)
-    revision = source.revision()
+    revision, initial = source.snapshot()
     config = MonitorConfig(window=settings.drift_window)
     stage = _KeyedStage(app, settings, partitions, "drift monitor state by segment")
     codec = AvroCodec()
-    processor = DriftProcessor(source.current(), stage.states, config, codec)
+    processor = DriftProcessor(initial, stage.states, config, codec)
     logger.info(
         "drift: %d baselines %s", len(processor.baseline_versions), processor.baseline_versions
     )
@@ -862,7 +862,7 @@ def _add_drift(
             now = await asyncio.to_thread(source.revision)
             if now == revision:
                 return
-            current = await asyncio.to_thread(source.current)
+            now, current = await asyncio.to_thread(source.snapshot)
             async with stage.lock:
                 changed = processor.use_baselines(current, stage.generation)
             revision = now

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from undertow import __version__
+from undertow.baseline_cli import baseline_app
 from undertow.errors import UndertowError
 from undertow.settings import StackSettings
 
@@ -29,6 +30,7 @@ alerts_app = typer.Typer(
 app.add_typer(alerts_app, name="alerts")
 rules_app = typer.Typer(help="Alert rules (YAML) the policy processor runs.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+app.add_typer(baseline_app, name="baseline")
 console = Console()
 
 

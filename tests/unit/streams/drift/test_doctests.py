@@ -12,6 +12,7 @@ MODULES = [
     "baseline",
     "calibration",
     "confirm",
+    "history",
     "quantity",
     "segment",
     "sketch",
