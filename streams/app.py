@@ -578,11 +578,43 @@ def _sink(settings: WorkerSettings) -> tuple[EventSink, Backoff]:
     return sink, backoff
 
 
-async def _send_all(app: Any, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
-    """Produce ``(key, value)`` messages in order and wait until the broker has them all."""
+async def _send_all(
+    app: Any,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes]],
+    headers: Sequence[list[tuple[str, bytes]]] | None = None,
+) -> None:
+    """Produce ``(key, value)`` messages in order (with ``headers[i]`` each, if given) and
+    wait until the broker has them all."""
     producer = app.producer
-    pending = [await producer.send(topic, key, value, None, None, None) for key, value in messages]
+    pending = [
+        await producer.send(topic, key, value, None, None, headers[i] if headers else None)
+        for i, (key, value) in enumerate(messages)
+    ]
     await asyncio.gather(*pending)
+
+
+ORIGIN_HEADER = "undertow-origin"
+
+
+def _origin_header(rec: SourceRecord) -> list[tuple[str, bytes]]:
+    """Where a forwarded record was first read: ``topic:partition:offset`` (its origin's own
+    origin when it was forwarded already)."""
+    topic, partition, offset = rec.origin or (rec.topic, rec.partition, rec.offset)
+    return [(ORIGIN_HEADER, f"{topic}:{partition}:{offset}".encode())]
+
+
+def _origin(headers: Any) -> tuple[str, int, int] | None:
+    """The origin header of a message (headers as aiokafka or Faust give them), if any."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name == ORIGIN_HEADER and value:
+            text = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+            topic, partition, offset = text.rsplit(":", 2)
+            return topic, int(partition), int(offset)
+    return None
 
 
 async def _publish(
@@ -605,6 +637,7 @@ def _records(events: Sequence[Any]) -> list[SourceRecord]:
             offset=event.message.offset,
             key=event.message.key,
             value=event.message.value,
+            origin=_origin(event.message.headers),
         )
         for event in events
     ]
@@ -636,8 +669,11 @@ def _add_rekey(
     target = settings.repartition_topic
     processor = f"{settings.role}.rekey"
 
-    def route(records: list[SourceRecord]) -> tuple[list[tuple[bytes | None, bytes]], list[bytes]]:
+    Forwarded = tuple[list[tuple[bytes | None, bytes]], list[list[tuple[str, bytes]]], list[bytes]]
+
+    def route(records: list[SourceRecord]) -> Forwarded:
         messages: list[tuple[bytes | None, bytes]] = []
+        headers: list[list[tuple[str, bytes]]] = []
         letters: list[bytes] = []
         for rec in records:
             try:
@@ -646,22 +682,27 @@ def _add_rekey(
                 decoded = codec.decode(rec.value)
                 if decoded.type_name not in types:
                     raise DecodeError(
-                        f"a {decoded.type_name} record; expected {' or '.join(types)}"
+                        f"record type {decoded.type_name}; expected {' or '.join(types)}"
                     )
                 messages.append((key_of(decoded.record).encode(), rec.value))
+                headers.append(_origin_header(rec))
             except DecodeError as exc:
                 dead = letter(rec, str(exc), type(exc).__name__, processor)
                 letters.append(codec.encode("dead_letter", dead))
-        return messages, letters
+        return messages, headers, letters
 
     async def rekey(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
             for event in events:
                 event.message.incref()
             try:
-                messages, letters = route(_records(events))
+                messages, headers, letters = route(_records(events))
                 if messages:
-                    await _publish(app, target, messages, backoff, target)
+                    await _retry(
+                        lambda: _send_all(app, target, messages, headers),  # noqa: B023
+                        backoff,
+                        target,
+                    )
                 if letters:
                     pairs = [(None, v) for v in letters]
                     await _publish(app, settings.deadletter_topic, pairs, backoff, "dead letters")

@@ -9,9 +9,14 @@ last checkpoint are acknowledged only once it is written. The committed offset t
 never passes a record whose effect is not in the changelog.
 
 After a crash the records since the last commit are read again. Some of them may already be
-in a checkpointed state (a checkpoint written, the commit that followed it not yet), so every
-checkpoint records, per key, the partition and the highest source offset folded into it, and
-:meth:`KeyedStates.fresh` tells a replayed record from a new one. A processor whose decisions
+in a checkpointed state (a checkpoint written, the commit that followed it not yet), and the
+repartition stage may have forwarded some twice (forwarded, then killed before its commit),
+so the same event can come again under a new offset. Records therefore carry their *origin*
+(the topic, partition and offset of the event before repartitioning, in a header), every
+checkpoint records, per key, the highest origin offset folded into it for each origin
+partition, and :meth:`KeyedStates.fresh` tells a repeated record from a new one. (The events
+of one origin partition reach a key in origin order: the repartition stage forwards each
+partition in order.) A processor whose decisions
 are a deterministic function of its state and input (the drift monitor and the policy engine
 are) then makes exactly the decisions it would have made had it never stopped, and whatever
 it emitted twice carries the same ids, which the warehouse deduplicates.
@@ -22,7 +27,8 @@ it to the worker that owns the key. A key's in-memory state is trusted only with
 consumer generation it was loaded in: after a rebalance it is loaded again from the table,
 which is what the previous owner checkpointed.
 
-Values in the table are ``zlib``-compressed JSON: ``{"v": 1, "partition", "offset", "state"}``.
+Values in the table are ``zlib``-compressed JSON: ``{"v": 1, "partition", "origins", "state"}``
+(``origins``: origin partition, as ``topic:partition``, to the highest offset folded).
 """
 
 from __future__ import annotations
@@ -44,16 +50,16 @@ class CheckpointError(UndertowError):
 
 @dataclass(frozen=True)
 class Saved:
-    """A key's checkpoint: the source partition and the highest offset folded into ``state``."""
+    """A key's checkpoint: its partition, the highest origin offsets folded into ``state``."""
 
     partition: int
-    offset: int
+    origins: dict[str, int]
     state: dict[str, Any]
 
 
-def encode_checkpoint(partition: int, offset: int, state: dict[str, Any]) -> bytes:
+def encode_checkpoint(partition: int, origins: dict[str, int], state: dict[str, Any]) -> bytes:
     """The table value of a checkpoint (compact JSON, compressed)."""
-    body = {"v": FORMAT_VERSION, "partition": partition, "offset": offset, "state": state}
+    body = {"v": FORMAT_VERSION, "partition": partition, "origins": origins, "state": state}
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 3)
 
 
@@ -63,7 +69,8 @@ def decode_checkpoint(raw: bytes) -> Saved:
         body = json.loads(zlib.decompress(raw))
         if body.get("v") != FORMAT_VERSION:
             raise CheckpointError(f"checkpoint format {body.get('v')!r}, expected {FORMAT_VERSION}")
-        return Saved(int(body["partition"]), int(body["offset"]), dict(body["state"]))
+        origins = {str(k): int(v) for k, v in body["origins"].items()}
+        return Saved(int(body["partition"]), origins, dict(body["state"]))
     except CheckpointError:
         raise
     except (zlib.error, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -73,7 +80,7 @@ def decode_checkpoint(raw: bytes) -> Saved:
 @dataclass
 class _Slot:
     partition: int
-    offset: int  # highest source offset folded into the in-memory state; -1: none
+    origins: dict[str, int]  # highest origin offset folded into the in-memory state
     generation: int
     dirty: bool = False
 
@@ -91,26 +98,34 @@ class KeyedStates:
 
     def load(self, key: str, partition: int, generation: int) -> Saved | None:
         """Start using ``key`` in ``generation``: its checkpoint from the table, or None when
-        it has none (then the caller starts the key afresh). Call :meth:`current` first."""
+        it has none (then the caller starts the key afresh). An unreadable checkpoint raises
+        :class:`CheckpointError` with the key started afresh (and due for a checkpoint)."""
         raw = self.table.get(key.encode())
-        saved = None if raw is None else decode_checkpoint(bytes(raw))
-        offset = -1 if saved is None or saved.partition != partition else saved.offset
-        self._slots[key] = _Slot(partition, offset, generation)
-        return saved if saved is not None and saved.partition == partition else None
+        try:
+            saved = None if raw is None else decode_checkpoint(bytes(raw))
+        except CheckpointError:
+            # Start the key afresh, and overwrite the bad value at the next checkpoint.
+            self._slots[key] = _Slot(partition, {}, generation, dirty=True)
+            raise
+        if saved is not None and saved.partition != partition:
+            saved = None  # the input was repartitioned differently since: start afresh
+        self._slots[key] = _Slot(partition, dict(saved.origins) if saved else {}, generation)
+        return saved
 
     def current(self, key: str, generation: int) -> bool:
         """True when the in-memory state of ``key`` is valid in ``generation`` (loaded in it)."""
         slot = self._slots.get(key)
         return slot is not None and slot.generation == generation
 
-    def fresh(self, key: str, offset: int) -> bool:
-        """True when the record at ``offset`` is not yet folded into the state of ``key``."""
-        return offset > self._slots[key].offset
+    def fresh(self, key: str, origin: str, offset: int) -> bool:
+        """True when the event at ``offset`` of origin partition ``origin`` is not yet folded
+        into the state of ``key``."""
+        return offset > self._slots[key].origins.get(origin, -1)
 
-    def folded(self, key: str, offset: int) -> None:
-        """The record at ``offset`` is now part of the state of ``key``."""
+    def folded(self, key: str, origin: str, offset: int) -> None:
+        """The event at ``offset`` of ``origin`` is now part of the state of ``key``."""
         slot = self._slots[key]
-        slot.offset = max(slot.offset, offset)
+        slot.origins[origin] = max(slot.origins.get(origin, -1), offset)
         slot.dirty = True
 
     def touch(self, key: str) -> None:
@@ -143,7 +158,7 @@ class KeyedStates:
                 continue
             state = state_of(key)
             if state is not None:
-                value = encode_checkpoint(slot.partition, slot.offset, state)
+                value = encode_checkpoint(slot.partition, slot.origins, state)
                 out.append((slot.partition, key.encode(), value))
         return out
 

@@ -96,7 +96,7 @@ class DriftProcessor:
         """Fold a micro-batch (records of the repartition topic, in offset order per
         partition) into the monitor; the drift events it completed and the dead letters."""
         out = DriftOutput()
-        batch: list[tuple[str, int, dict[str, Any]]] = []
+        batch: list[dict[str, Any]] = []
         for rec in records:
             if rec.key is None:
                 out.dead_letters.append(
@@ -105,7 +105,8 @@ class DriftProcessor:
                 continue
             key = rec.key.decode("utf-8", "replace")
             self._ensure(key, rec.partition, generation)
-            if not self.states.fresh(key, rec.offset):
+            origin, origin_offset = rec.source
+            if not self.states.fresh(key, origin, origin_offset):
                 out.replayed += 1
                 continue
             try:
@@ -119,11 +120,12 @@ class DriftProcessor:
                 reason = f"segment key {key!r} does not match the record's segment"
                 out.dead_letters.append(letter(rec, reason, "ValueError", PROCESSOR))
                 continue
-            batch.append((key, rec.offset, record))
+            # Folded as accepted, so a repeat later in the same batch is skipped too; the
+            # mark is only written with the state, after the batch (under the stage's lock).
+            self.states.folded(key, origin, origin_offset)
+            batch.append(record)
         if batch:
-            out.drift_events = self.monitor.update_many([r for _, _, r in batch])
-            for key, offset, _ in batch:
-                self.states.folded(key, offset)
+            out.drift_events = self.monitor.update_many(batch)
             out.events = len(batch)
         return out
 

@@ -71,6 +71,14 @@ class SourceRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    origin: tuple[str, int, int] | None = None  # (topic, partition, offset) before a repartition
+
+    @property
+    def source(self) -> tuple[str, int]:
+        """The event's origin partition as ``("topic:partition", offset)``: where it was
+        first read, for records forwarded by a repartition stage (their ``origin``)."""
+        topic, partition, offset = self.origin or (self.topic, self.partition, self.offset)
+        return f"{topic}:{partition}", offset
 
 
 @dataclass

@@ -96,7 +96,8 @@ class PolicyProcessor:
                 continue
             key = rec.key.decode("utf-8", "replace")
             engine = self._engine(key, rec.partition, generation)
-            if not self.states.fresh(key, rec.offset):
+            origin, origin_offset = rec.source
+            if not self.states.fresh(key, origin, origin_offset):
                 out.replayed += 1
                 continue
             try:
@@ -105,7 +106,7 @@ class PolicyProcessor:
                 decoded = self.codec.decode(rec.value)
                 if decoded.type_name not in INPUT_TYPES:
                     raise DecodeError(
-                        f"a {decoded.type_name} record; the policy processor takes "
+                        f"record type {decoded.type_name}; the policy processor takes "
                         f"{' and '.join(INPUT_TYPES)} records"
                     )
                 if app_record_key(decoded.record) != key:
@@ -117,7 +118,7 @@ class PolicyProcessor:
             except (DecodeError, PolicyError) as exc:
                 out.dead_letters.append(letter(rec, str(exc), type(exc).__name__, PROCESSOR))
                 continue
-            self.states.folded(key, rec.offset)
+            self.states.folded(key, origin, origin_offset)
             out.alerts.extend(alerts)
             out.events += 1
         return out

@@ -393,10 +393,16 @@ def _unit_rows(x: npt.ArrayLike, name: str) -> Matrix:
 
 
 def _fit_topics(x: Matrix, k: int, seed: int) -> Matrix:
-    """Spherical k-means centroids (k-means on unit vectors, centroids renormalised)."""
-    from sklearn.cluster import KMeans
+    """Spherical k-means centroids (k-means on unit vectors, centroids renormalised).
 
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
+    On one thread: the centroids (so the baseline's version) would otherwise depend on the
+    machine's core count through the order of floating-point sums, and on a busy machine
+    OpenMP threads made it 60 times slower."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
     c = km.cluster_centers_.astype(np.float32)
     out: Matrix = (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).astype(
         np.float32
