@@ -160,7 +160,8 @@ def build_app(
         processing_guarantee="at_least_once",
         worker_redirect_stdouts=False,
     )
-    _refuse_stale_acks(app)
+    positions = None if settings.role == "ingest" else Positions()
+    _refuse_stale_acks(app, positions)
     reread = settings.auto_offset_reset == "earliest"
     if settings.role == "ingest":
         committed = _track_commits(app, {settings.events_topic}, reread_uncommitted=reread)
@@ -171,17 +172,23 @@ def build_app(
         )
         return app
     sources = _role_sources(settings)
-    _track_commits(app, {*sources, settings.repartition_topic}, reread_uncommitted=reread)
+    _track_commits(
+        app,
+        {*sources, settings.repartition_topic},
+        reread_uncommitted=reread,
+        positions=positions,
+    )
+    assert positions is not None
     if partitions is None:
         partitions = _partitions(settings, settings.repartition_topic)
     if settings.role == "drift":
-        _add_drift(app, settings, partitions, baselines, health)
+        _add_drift(app, settings, partitions, baselines, health, positions)
     else:
-        _add_policy(app, settings, partitions, health)
+        _add_policy(app, settings, partitions, health, positions)
     return app
 
 
-def _refuse_stale_acks(app: Any) -> None:
+def _refuse_stale_acks(app: Any, positions: Positions | None = None) -> None:
     """Keep Faust from acknowledging records it skipped after a rebalance, and read them again.
 
     A record fetched before a rebalance and reaching the stream after it belongs to the old
@@ -217,6 +224,8 @@ def _refuse_stale_acks(app: Any) -> None:
             if tp in assigned:
                 logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
                 await consumer.seek(tp, offset)
+                if positions is not None:
+                    positions.sought(tp.topic, tp.partition, offset)
 
     app.timer(0.5, name="undertow.streams.reread")(read_skipped_again)
 
@@ -246,7 +255,104 @@ class CommittedOffsets:
                 self._offsets[(tp.topic, tp.partition)] = int(offset)
 
 
-def _track_commits(app: Any, topics: set[str], *, reread_uncommitted: bool) -> CommittedOffsets:
+class Positions:
+    """Where each partition's next record must come from, so a stage sees records exactly in
+    offset order, none skipped (the drift and policy roles, whose state is order-dependent).
+
+    Faust hands records over out of order around seeks: after an assignment it fetches before
+    it seeks back to the committed offsets, and records it dropped as stale are read again
+    (``_refuse_stale_acks``) only after newer ones went through. A stage that folded the newer
+    ones first would take the older ones for repeats and lose them
+    (tests/integration/test_monitor_workers.py saw a detector 26 to 570 events behind).
+
+    Every seek the worker knows of sets the partition's position. :meth:`admit` passes the
+    record at the position; after a gap it holds the rest of the partition back (the caller
+    keeps those records unacknowledged, so Faust cannot commit past the gap, and seeks back
+    to the position, again after ``RESEEK_AFTER_S`` while still waiting); records below the
+    position are repeats of ones handed over already. Offsets of a non-transactional topic
+    are contiguous, so a gap is only real where retention removed records: the caller moves
+    the position to the log's start then (:func:`_seek_back`).
+    """
+
+    RESEEK_AFTER_S = 5.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._next: dict[tuple[str, int], int] = {}
+        self._waiting: dict[tuple[str, int], tuple[int, float]] = {}  # position, sought at
+        self._clock = clock
+
+    def sought(self, topic: str, partition: int, offset: int | None) -> None:
+        """The consumer was sought to ``offset`` (None: to a place this worker cannot know)."""
+        self._waiting.pop((topic, partition), None)
+        if offset is None:
+            self._next.pop((topic, partition), None)
+        else:
+            self._next[(topic, partition)] = offset
+
+    def admit(
+        self, records: Sequence[Any]
+    ) -> tuple[list[Any], list[Any], list[Any], dict[Any, int]]:
+        """Split a batch of Faust events into (in order, repeats, held back, to seek:
+        tp -> offset)."""
+        admitted: list[Any] = []
+        repeats: list[Any] = []
+        held_back: list[Any] = []
+        seek: dict[Any, int] = {}
+        blocked: set[tuple[str, int]] = set()
+        now = self._clock()
+        for event in records:
+            msg = event.message
+            key = (msg.topic, msg.partition)
+            expected = self._next.get(key)
+            if key in blocked or (expected is not None and msg.offset > expected):
+                held_back.append(event)
+                if key not in blocked:
+                    blocked.add(key)
+                    waiting = self._waiting.get(key)
+                    if (
+                        waiting is None
+                        or waiting[0] != expected
+                        or now - waiting[1] >= (self.RESEEK_AFTER_S)
+                    ):
+                        assert expected is not None
+                        self._waiting[key] = (expected, now)
+                        seek[msg.tp] = expected
+                continue
+            if expected is not None and msg.offset < expected:
+                repeats.append(event)
+                continue
+            self._waiting.pop(key, None)
+            self._next[key] = msg.offset + 1
+            admitted.append(event)
+        return admitted, repeats, held_back, seek
+
+
+async def _seek_back(app: Any, positions: Positions, seeks: Mapping[Any, int]) -> None:
+    """Seek partitions back to the positions :meth:`Positions.admit` is waiting for; where
+    retention removed them, move the position to the log's start instead."""
+    if not seeks:
+        return
+    earliest = await app.consumer.earliest_offsets(*seeks)
+    for tp, offset in seeks.items():
+        low = earliest.get(tp)
+        if low is not None and offset < low:
+            logger.warning(
+                "%s[%d]: offsets %d to %d are gone from the log; going on from %d",
+                tp.topic,
+                tp.partition,
+                offset,
+                low - 1,
+                low,
+            )
+            positions.sought(tp.topic, tp.partition, low)
+            offset = low
+        logger.debug("%s[%d]: a gap before the next record; seeking back to %d", *tp, offset)
+        await app.consumer.seek(tp, offset)
+
+
+def _track_commits(
+    app: Any, topics: set[str], *, reread_uncommitted: bool, positions: Positions | None = None
+) -> CommittedOffsets:
     """Wrap the consumer's commit and post-assignment seek (see :class:`CommittedOffsets`).
 
     With ``reread_uncommitted`` (the ``earliest`` reset policy), the seek also covers
@@ -281,6 +387,9 @@ def _track_commits(app: Any, topics: set[str], *, reread_uncommitted: bool) -> C
             committed.confirm({tp: offset or None})
             if reread_uncommitted and not offset:
                 await consumer.seek(tp, 0)
+                offset = 0
+            if positions is not None:
+                positions.sought(tp.topic, tp.partition, offset)
 
     consumer._commit = commit_confirmed
     consumer.perform_seek = perform_seek_all
@@ -658,9 +767,11 @@ def _add_rekey(
     types: tuple[str, ...],
     key_of: Callable[[dict[str, Any]], str],
     health: WorkerHealth | None,
+    positions: Positions,
 ) -> None:
     """Forward the role's source records unchanged to its repartition topic, keyed by
-    ``key_of(record)``; records of other types or undecodable go to dead letters. A batch is
+    ``key_of(record)``, each partition in offset order (``positions``), with their origin in a
+    header; records of other types or undecodable go to dead letters. A batch is
     acknowledged only once the broker has all of it."""
     from undertow.streams.drift_processor import letter
 
@@ -692,7 +803,13 @@ def _add_rekey(
         return messages, headers, letters
 
     async def rekey(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            events, repeats, held_back, seeks = positions.admit(batch)
+            for event in held_back:  # never acknowledged: read again after the seek back
+                event.message.incref()
+            await _seek_back(app, positions, seeks)
+            for event in repeats:  # forwarded already, since the last seek
+                await stream.ack(event)
             for event in events:
                 event.message.incref()
             try:
@@ -805,16 +922,29 @@ class _KeyedStage:
         state_of: Callable[[str], dict[str, Any] | None],
         forget: Callable[[int], None],
         health: WorkerHealth | None,
+        positions: Positions,
     ) -> None:
-        """Register the agent over the repartition topic and the checkpoint timer."""
+        """Register the agent over the repartition topic and the checkpoint timer. Records
+        reach ``process`` in offset order per partition, each once per seek (``positions``)."""
         settings = self.settings
 
         async def stage(stream: Any) -> None:
             batches = stream.take_events(settings.batch_size, within=settings.batch_window_s)
-            async for events in batches:
+            async for batch in batches:
+                events, repeats, held_back, seeks = positions.admit(batch)
+                for event in held_back:  # never acknowledged: read again after the seek back
+                    event.message.incref()
+                await _seek_back(self.app, positions, seeks)
                 for event in events:
                     event.message.incref()
                 async with self.lock:
+                    # Repeats of records handed over since the last seek: acknowledged with
+                    # the checkpoint that holds the first delivery.
+                    for event in repeats:
+                        event.message.incref()
+                        self.held.append((stream, event))
+                    if not events:
+                        continue
                     try:
                         output = await asyncio.to_thread(process, _records(events), self.generation)
                         await emit(output)
@@ -866,6 +996,7 @@ def _add_drift(
     partitions: int,
     baselines: BaselineSource | None,
     health: WorkerHealth | None,
+    positions: Positions,
 ) -> None:
     source = baselines if baselines is not None else _warehouse_baselines(settings)
     revision, initial = source.snapshot()
@@ -877,7 +1008,14 @@ def _add_drift(
         "drift: %d baselines %s", len(processor.baseline_versions), processor.baseline_versions
     )
     sink, backoff = _sink(settings)
-    _add_rekey(app, settings, ("scored_event",), lambda r: segment_record_key(r, config), health)
+    _add_rekey(
+        app,
+        settings,
+        ("scored_event",),
+        lambda r: segment_record_key(r, config),
+        health,
+        positions,
+    )
 
     async def emit(output: Any) -> None:
         events = output.drift_events
@@ -895,7 +1033,7 @@ def _add_drift(
             letters = [(None, codec.encode("dead_letter", d)) for d in output.dead_letters]
             await _publish(app, settings.deadletter_topic, letters, backoff, "dead letters")
 
-    stage.run(processor.process, emit, processor.state_of, processor.forget, health)
+    stage.run(processor.process, emit, processor.state_of, processor.forget, health, positions)
 
     async def poll_baselines() -> None:
         nonlocal revision
@@ -917,7 +1055,11 @@ def _add_drift(
 
 
 def _add_policy(
-    app: Any, settings: WorkerSettings, partitions: int, health: WorkerHealth | None
+    app: Any,
+    settings: WorkerSettings,
+    partitions: int,
+    health: WorkerHealth | None,
+    positions: Positions,
 ) -> None:
     from undertow.streams.policy import load_rules
 
@@ -926,7 +1068,7 @@ def _add_policy(
     codec = AvroCodec()
     processor = PolicyProcessor(rules, stage.states, codec)
     sink, backoff = _sink(settings)
-    _add_rekey(app, settings, ("scored_event", "drift_event"), app_record_key, health)
+    _add_rekey(app, settings, ("scored_event", "drift_event"), app_record_key, health, positions)
 
     async def emit(output: Any) -> None:
         alerts = output.alerts
@@ -944,7 +1086,7 @@ def _add_policy(
             letters = [(None, codec.encode("dead_letter", d)) for d in output.dead_letters]
             await _publish(app, settings.deadletter_topic, letters, backoff, "dead letters")
 
-    stage.run(processor.process, emit, processor.state_of, processor.forget, health)
+    stage.run(processor.process, emit, processor.state_of, processor.forget, health, positions)
 
     async def tick() -> None:
         try:

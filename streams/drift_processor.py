@@ -145,6 +145,13 @@ class DriftProcessor:
             if not self.monitor.restore_segment(key, saved.state):
                 logger.warning("segment %s: baseline changed since its checkpoint; afresh", key)
                 self.states.touch(key)
+            else:
+                logger.info(
+                    "segment %s: resumed from its checkpoint (%d events; origin offsets %s)",
+                    key,
+                    self.monitor.segments[key].events,
+                    saved.origins,
+                )
         except DriftError as exc:  # another MonitorConfig: the checkpoint cannot continue
             logger.error("segment %s: checkpoint not restorable, starting afresh: %s", key, exc)
             self.monitor.segments.pop(key, None)

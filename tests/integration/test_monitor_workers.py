@@ -18,7 +18,7 @@ warehouse's ``baselines`` table, where the drift worker reads it. Checked:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,20 @@ def worker_env(
     }
 
 
-def start(env: dict[str, str], role: str, log: Path) -> WorkerProcess:
-    return WorkerProcess({**env, "UNDERTOW_WORKER_ROLE": role}, log).start()
+@pytest.fixture()
+def start() -> Iterator[Callable[[dict[str, str], str, Path], WorkerProcess]]:
+    """Starts workers of a role; kills whatever still runs at the end, failed test or not."""
+    started: list[WorkerProcess] = []
+
+    def run(env: dict[str, str], role: str, log: Path) -> WorkerProcess:
+        worker = WorkerProcess({**env, "UNDERTOW_WORKER_ROLE": role}, log).start()
+        started.append(worker)
+        return worker
+
+    yield run
+    for worker in started:
+        if worker.alive:
+            worker.kill()
 
 
 def test_drift_is_detected_resumed_after_sigkill_alerted_and_paged(
@@ -163,6 +175,7 @@ def test_drift_is_detected_resumed_after_sigkill_alerted_and_paged(
     receivers: tuple[SlackReceiver, PagerDutyReceiver, WebhookReceiver],
     run: str,
     tmp_path: Path,
+    start: Callable[[dict[str, str], str, Path], WorkerProcess],
 ) -> None:
     bootstrap = stack.bootstrap_servers
     usual, new = corpus
@@ -256,10 +269,16 @@ def test_drift_is_detected_resumed_after_sigkill_alerted_and_paged(
         raise AssertionError(
             f"drift rows {drift_rows()} != expected {want}\n{second.log()[-3000:]}"
         ) from exc
-    assert drift_rows() == want, "the restarted worker did not resume the detector state"
-
     records = read_range(bootstrap, drift_topic, {}, offsets(bootstrap, drift_topic))
-    on_topic = {str(CODEC.decode(r.value).record["event_id"]) for r in records}
+    got = [CODEC.decode(r.value).record for r in records]
+    assert drift_rows() == want, (
+        "the restarted worker did not resume the detector state: "
+        f"{[(d['event_id'], d['attributes']) for d in got]} != "
+        f"{[(d['event_id'], d['attributes']) for d in expected]}\n"
+        + "\n".join(line for line in second.log().splitlines() if "resumed" in line)
+    )
+
+    on_topic = {str(d["event_id"]) for d in got}
     assert on_topic == {w[0] for w in want}
     assert {r.key for r in records} == {baseline.segment_key.encode()}
 

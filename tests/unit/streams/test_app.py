@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from undertow.streams.app import CommittedOffsets, _track_commits
+from undertow.streams.app import CommittedOffsets, Positions, _seek_back, _track_commits
 
 
 class TP(NamedTuple):
@@ -77,3 +77,85 @@ def test_with_the_latest_policy_nothing_is_sought() -> None:
     tracked(consumer, reread=False)
     run(consumer.perform_seek())
     assert consumer.seeks == []
+
+
+# --- Positions: records handed to a keyed stage exactly in offset order ----------------------
+
+
+def events(topic: str, partition: int, *offsets: int) -> list[Any]:
+    tp = TP(topic, partition)
+    return [
+        SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition, offset=o, tp=tp))
+        for o in offsets
+    ]
+
+
+def offsets_of(batch: list[Any]) -> list[tuple[int, int]]:
+    return [(e.message.partition, e.message.offset) for e in batch]
+
+
+def test_positions_pass_records_in_order_and_hold_back_a_partition_after_a_gap() -> None:
+    positions = Positions()
+    positions.sought(EVENTS, 0, 100)
+    positions.sought(EVENTS, 1, 5)
+    # Faust delivers 103.. before 100..102 (fetched before its seek): held back, seek to 100;
+    # partition 1 is in order and goes through.
+    batch = events(EVENTS, 0, 103, 104) + events(EVENTS, 1, 5, 6)
+    admitted, repeats, held, seeks = positions.admit(batch)
+    assert offsets_of(admitted) == [(1, 5), (1, 6)] and offsets_of(held) == [(0, 103), (0, 104)]
+    assert repeats == [] and seeks == {TP(EVENTS, 0): 100}
+    admitted, repeats, held, seeks = positions.admit(events(EVENTS, 0, 100, 101, 102, 103))
+    assert offsets_of(admitted) == [(0, 100), (0, 101), (0, 102), (0, 103)]
+    assert not seeks and not held
+    # Read again after a seek back to 101: repeats, not records to process twice.
+    admitted, repeats, held, seeks = positions.admit(events(EVENTS, 0, 101, 102, 103, 104))
+    assert offsets_of(repeats) == [(0, 101), (0, 102), (0, 103)]
+    assert offsets_of(admitted) == [(0, 104)]
+
+
+def test_positions_wait_for_the_record_at_the_position_and_seek_again_when_it_is_late() -> None:
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    positions.sought(EVENTS, 0, 10)
+    positions.sought(EVENTS, 0, 4)  # a later seek wins
+    assert positions.admit(events(EVENTS, 0, 10))[3] == {TP(EVENTS, 0): 4}
+    # Buffered records after the gap keep coming: held back, without seeking every batch...
+    admitted, _, held, seeks = positions.admit(events(EVENTS, 0, 11, 12))
+    assert admitted == [] and len(held) == 2 and seeks == {}
+    # ...but again once the seek is overdue.
+    now[0] += Positions.RESEEK_AFTER_S
+    assert positions.admit(events(EVENTS, 0, 13))[3] == {TP(EVENTS, 0): 4}
+    admitted, _, held, seeks = positions.admit(events(EVENTS, 0, 4, 5))
+    assert offsets_of(admitted) == [(0, 4), (0, 5)] and not held and not seeks
+    # A partition with no known position takes what comes; None forgets a position.
+    positions.sought(EVENTS, 0, None)
+    assert offsets_of(positions.admit(events(EVENTS, 0, 50))[0]) == [(0, 50)]
+
+
+def test_a_seek_back_below_the_log_start_goes_on_from_the_log_start() -> None:
+    p0 = TP(EVENTS, 0)
+    positions = Positions()
+    positions.sought(EVENTS, 0, 4)
+    seeks = positions.admit(events(EVENTS, 0, 10))[3]
+    consumer = Consumer({p0}, {})
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 10)  # retention removed 0..9
+
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[attr-defined]
+    run(_seek_back(SimpleNamespace(consumer=consumer), positions, seeks))
+    assert consumer.seeks == [(p0, 10)]
+    assert offsets_of(positions.admit(events(EVENTS, 0, 10))[0]) == [(0, 10)]
+
+
+def test_the_post_assignment_seek_sets_the_positions() -> None:
+    p0, p1 = TP(EVENTS, 0), TP(EVENTS, 1)
+    consumer = Consumer({p0, p1}, {p0: 40})
+    positions = Positions()
+    _track_commits(
+        SimpleNamespace(consumer=consumer), {EVENTS}, reread_uncommitted=True, positions=positions
+    )
+    run(consumer.perform_seek())
+    # committed 40 on p0; nothing on p1, so it was sought to 0
+    assert positions.admit(events(EVENTS, 0, 41))[3] == {p0: 40}
+    assert positions.admit(events(EVENTS, 1, 3))[3] == {p1: 0}
