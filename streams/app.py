@@ -70,7 +70,7 @@ from undertow.streams.checkpoint import KeyedStates
 from undertow.streams.drift import Baseline, MonitorConfig
 from undertow.streams.drift_processor import DriftProcessor, segment_record_key
 from undertow.streams.enrich import ContextLookup, Enricher
-from undertow.streams.ingest import Enrich, Ingest, SourceRecord, identity
+from undertow.streams.ingest import Enrich, Ingest, SourceRecord, identity, letter
 from undertow.streams.policy_processor import PolicyProcessor, app_record_key
 from undertow.streams.scored import Scored, scored_record
 from undertow.streams.settings import WorkerSettings
@@ -599,16 +599,7 @@ def _add_ingest(
             # Hold each record until its batch is durable; see the module docstring.
             for event in events:
                 event.message.incref()
-            records = [
-                SourceRecord(
-                    topic=event.message.topic,
-                    partition=event.message.partition,
-                    offset=event.message.offset,
-                    key=event.message.key,
-                    value=event.message.value,
-                )
-                for event in events
-            ]
+            records = _records(events)
             try:
                 report = await ingest.process(records)
             except Exception as exc:  # a bug, not data or an outage: stop, replay on restart
@@ -773,8 +764,6 @@ def _add_rekey(
     ``key_of(record)``, each partition in offset order (``positions``), with their origin in a
     header; records of other types or undecodable go to dead letters. A batch is
     acknowledged only once the broker has all of it."""
-    from undertow.streams.drift_processor import letter
-
     codec = AvroCodec()
     backoff = Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s)
     target = settings.repartition_topic

@@ -30,10 +30,9 @@ from typing import Any
 
 from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.streams.checkpoint import CheckpointError, KeyedStates
-from undertow.streams.dead_letters import dead_letter
 from undertow.streams.drift import Baseline, DriftError, DriftMonitor, MonitorConfig
 from undertow.streams.drift.segment import segment_key, segment_of
-from undertow.streams.ingest import SourceRecord
+from undertow.streams.ingest import SourceRecord, letter
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +52,6 @@ class DriftOutput:
     dead_letters: list[dict[str, object]] = field(default_factory=list)
     events: int = 0  # scored events fed to the monitor
     replayed: int = 0  # records already folded into a checkpoint, skipped
-
-
-def letter(rec: SourceRecord, reason: str, error_type: str, processor: str) -> dict[str, object]:
-    """A dead letter for a record a processor cannot use."""
-    return dead_letter(
-        reason=reason,
-        error_type=error_type,
-        processor=processor,
-        topic=rec.topic,
-        partition=rec.partition,
-        offset=rec.offset,
-        key=rec.key,
-        payload=rec.value or b"",
-    )
 
 
 class DriftProcessor:
@@ -189,4 +174,4 @@ class DriftProcessor:
             self.monitor.segments.pop(key, None)
 
 
-__all__ = ["PROCESSOR", "DriftOutput", "DriftProcessor", "letter", "segment_record_key"]
+__all__ = ["PROCESSOR", "DriftOutput", "DriftProcessor", "segment_record_key"]

@@ -113,19 +113,21 @@ def decode_batch(
             decoded = codec.decode(rec.value, "event")
             event_type(decoded.record)  # a body the rows mapping knows
         except (DecodeError, ValueError) as exc:
-            out.dead_letters.append(_letter(rec, str(exc), type(exc).__name__, processor))
+            out.dead_letters.append(letter(rec, str(exc), type(exc).__name__, processor))
             continue
         out.items.append(SinkItem(decoded.record, rec.topic, rec.partition, rec.offset))
     return out
 
 
-def _letter(
+def letter(
     rec: SourceRecord,
     reason: str,
     error_type: str,
     processor: str,
     item: SinkItem | None = None,
 ) -> dict[str, object]:
+    """The dead letter of a record a processor cannot use (with its decoded ``item``, if any,
+    for the ids it carries)."""
     return dead_letter(
         reason=reason,
         error_type=error_type,
@@ -194,7 +196,7 @@ class Ingest:
             item = rejected.item
             source = by_coordinates[(item.topic, item.partition, item.offset)]
             letters.append(
-                _letter(source, rejected.reason, rejected.error_type, self.processor, item)
+                letter(source, rejected.reason, rejected.error_type, self.processor, item)
             )
         if letters:
             await self._publish_with_retry([self.codec.encode("dead_letter", d) for d in letters])
@@ -229,10 +231,10 @@ class Ingest:
                     type(exc).__name__,
                 )
                 source = sources[(item.topic, item.partition, item.offset)]
-                letter = _letter(
+                letter_record = letter(
                     source, f"enrich hook failed: {exc}", type(exc).__name__, self.processor, item
                 )
-                return [], [letter]
+                return [], [letter_record]
         half = len(items) // 2
         left, left_dead = await self._enrich(items[:half], sources)
         right, right_dead = await self._enrich(items[half:], sources)

@@ -29,8 +29,7 @@ from typing import Any
 from undertow.errors import ConfigError
 from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.streams.checkpoint import CheckpointError, KeyedStates
-from undertow.streams.drift_processor import letter
-from undertow.streams.ingest import SourceRecord
+from undertow.streams.ingest import SourceRecord, letter
 from undertow.streams.policy import PolicyEngine, PolicyError, RuleSet
 from undertow.streams.policy.rules import DriftRule
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.receivers import Receivers, loopback_receivers
 from undertow.infra.process import wait_until
 from undertow.infra.stack import LocalStack
 from undertow.schemas.codec import AvroCodec
@@ -103,15 +104,9 @@ def prompts(texts: list[str], start: datetime) -> list[dict[str, Any]]:
 
 
 @pytest.fixture()
-def receivers() -> Iterator[tuple[SlackReceiver, PagerDutyReceiver, WebhookReceiver]]:
-    slack = SlackReceiver().start()
-    pagerduty = PagerDutyReceiver(routing_key=ROUTING_KEY).start()
-    webhook = WebhookReceiver(SECRET).start()
-    try:
-        yield slack, pagerduty, webhook
-    finally:
-        for receiver in (slack, pagerduty, webhook):
-            receiver.stop()
+def receivers() -> Iterator[Receivers]:
+    with loopback_receivers(ROUTING_KEY, SECRET) as started:
+        yield started
 
 
 def test_a_topic_shift_is_detected_alerted_and_paged(

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from tests.receivers import Receivers, loopback_receivers
 from undertow.infra.kafka import TopicSpec, ensure_topics
 from undertow.infra.process import wait_until
 from undertow.infra.stack import StackInfo
@@ -127,16 +128,10 @@ def wait_accepted(receiver: Receiver, count: int, subscribers: Subscribers) -> N
     )
 
 
-@pytest.fixture
-def receivers() -> Iterator[tuple[SlackReceiver, PagerDutyReceiver, WebhookReceiver]]:
-    slack = SlackReceiver().start()
-    pagerduty = PagerDutyReceiver(routing_key=ROUTING_KEY).start()
-    webhook = WebhookReceiver(SECRET).start()
-    try:
-        yield slack, pagerduty, webhook
-    finally:
-        for receiver in (slack, pagerduty, webhook):
-            receiver.stop()
+@pytest.fixture()
+def receivers() -> Iterator[Receivers]:
+    with loopback_receivers(ROUTING_KEY, SECRET) as started:
+        yield started
 
 
 def make_settings(

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from tests.receivers import Receivers, loopback_receivers
 from undertow.infra.kafka import TopicSpec, ensure_topics
 from undertow.infra.process import wait_until
 from undertow.infra.stack import StackInfo
@@ -112,17 +113,11 @@ def warehouse(stack: StackInfo, stack_settings: StackSettings) -> Client:
 
 
 @pytest.fixture()
-def receivers() -> Iterator[tuple[SlackReceiver, PagerDutyReceiver, WebhookReceiver]]:
+def receivers() -> Iterator[Receivers]:
     from .test_alert_delivery import SECRET
 
-    slack = SlackReceiver().start()
-    pagerduty = PagerDutyReceiver(routing_key=ROUTING_KEY).start()
-    webhook = WebhookReceiver(SECRET).start()
-    try:
-        yield slack, pagerduty, webhook
-    finally:
-        for receiver in (slack, pagerduty, webhook):
-            receiver.stop()
+    with loopback_receivers(ROUTING_KEY, SECRET) as started:
+        yield started
 
 
 def worker_env(
