@@ -74,7 +74,7 @@ class Adwin(Detector):
         factory: Any = ADWIN  # river is untyped
         self._adwin = factory(**self._params)
         self._seen = 0
-        self._last: Detection | None = None
+        self._last = None
 
     def update(self, x: float) -> bool:
         adwin = self._adwin
@@ -111,14 +111,6 @@ class Adwin(Detector):
     @property
     def drift_detected(self) -> bool:
         return bool(self._adwin.drift_detected)
-
-    @property
-    def seen(self) -> int:
-        return self._seen
-
-    @property
-    def last_detection(self) -> Detection | None:
-        return self._last
 
     @property
     def width(self) -> int:

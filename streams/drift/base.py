@@ -58,15 +58,19 @@ class Detector(ABC):
     def drift_detected(self) -> bool:
         """Whether the last ``update`` detected a change."""
 
-    @property
-    @abstractmethod
-    def seen(self) -> int:
-        """Values received since the detector was built (restores keep counting)."""
+    # Kept by the implementations' ``update``, saved and restored with their state.
+    _seen: int = 0
+    _last: Detection | None = None
 
     @property
-    @abstractmethod
+    def seen(self) -> int:
+        """Values received since the detector was built (restores keep counting)."""
+        return self._seen
+
+    @property
     def last_detection(self) -> Detection | None:
         """Statistic and threshold at the most recent detection, or None before the first."""
+        return self._last
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

@@ -141,9 +141,26 @@ def mmd_test(
     within_y = np.einsum("ij,ij->j", others, k_others, dtype=np.float64)
     stats = within_x / (n * (n - 1)) + within_y / (m * (m - 1)) - 2.0 * between / (n * m)
     observed, permuted = float(stats[0]), np.sort(stats[1:])[::-1]
-    p_value = (1 + int(np.sum(permuted >= observed))) / (permutations + 1)
+    return _permutation_result("mmd", observed, permuted, allowed, alpha, n, m, bandwidth=sigma)
+
+
+def _permutation_result(
+    test: str,
+    observed: float,
+    permuted: npt.NDArray[np.floating[Any]],
+    allowed: int,
+    alpha: float,
+    n: int,
+    m: int,
+    *,
+    bandwidth: float | None = None,
+    tolerance: float = 0.0,
+) -> TestResult:
+    """The result of a permutation test from the observed statistic and the permuted ones
+    (sorted, largest first): the p-value counts the observed statistic as one permutation."""
+    p_value = (1 + int(np.sum(permuted >= observed - tolerance))) / (len(permuted) + 1)
     return TestResult(
-        test="mmd",
+        test=test,
         statistic=observed,
         threshold=float(permuted[allowed]),
         p_value=p_value,
@@ -151,7 +168,7 @@ def mmd_test(
         reject=p_value <= alpha,
         reference_size=n,
         window_size=m,
-        bandwidth=sigma,
+        bandwidth=bandwidth,
     )
 
 
@@ -205,17 +222,7 @@ def novelty_test(
     picks = np.argsort(rng.random((permutations, n + m)), axis=1)[:, :m]
     window_sums = pooled[picks].sum(axis=1)
     permuted = np.sort(window_sums / m - (total - window_sums) / n)[::-1]
-    p_value = (1 + int(np.sum(permuted >= observed - 1e-12))) / (permutations + 1)
-    return TestResult(
-        test="novelty",
-        statistic=observed,
-        threshold=float(permuted[allowed]),
-        p_value=p_value,
-        alpha=alpha,
-        reject=p_value <= alpha,
-        reference_size=n,
-        window_size=m,
-    )
+    return _permutation_result("novelty", observed, permuted, allowed, alpha, n, m, tolerance=1e-12)
 
 
 def rank_test(

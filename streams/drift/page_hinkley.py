@@ -62,7 +62,7 @@ class PageHinkley(Detector):
         factory: Any = RiverPageHinkley  # river is untyped
         self._ph = factory(**self._params)
         self._seen = 0
-        self._last: Detection | None = None
+        self._last = None
 
     def update(self, x: float) -> bool:
         ph = self._ph
@@ -78,14 +78,6 @@ class PageHinkley(Detector):
     @property
     def drift_detected(self) -> bool:
         return bool(self._ph.drift_detected)
-
-    @property
-    def seen(self) -> int:
-        return self._seen
-
-    @property
-    def last_detection(self) -> Detection | None:
-        return self._last
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)
