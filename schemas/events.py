@@ -125,6 +125,34 @@ def alert(
     return record
 
 
+def action(
+    *,
+    action_type: str,
+    target: str,
+    phase: str = "requested",
+    app: str = "undertow",
+    request_id: str | None = None,
+    reason: str = "",
+    parameters: Mapping[str, str] | None = None,
+    result: Mapping[str, str] | None = None,
+    **envelope_fields: Any,
+) -> dict[str, Any]:
+    """An ``action`` record: a command for the action workers (``phase="requested"``) or a
+    worker's answer to one (``started``, ``succeeded``, ``failed``, ``skipped``, with
+    ``request_id`` naming the request)."""
+    record = envelope(app, **envelope_fields)
+    record.update(
+        action_type=action_type,
+        target=target,
+        phase=phase,
+        request_id=request_id,
+        reason=reason,
+        parameters={k: str(v) for k, v in (parameters or {}).items()},
+        result={k: str(v) for k, v in (result or {}).items()},
+    )
+    return record
+
+
 def event_type(record: Mapping[str, Any]) -> str:
     """``prompt``, ``retrieval``, ``completion`` or ``feedback``: the body's record type."""
     body = record.get("body")

@@ -31,6 +31,7 @@ from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.streams.checkpoint import CheckpointError, KeyedStates
 from undertow.streams.ingest import SourceRecord, letter
 from undertow.streams.policy import PolicyEngine, PolicyError, RuleSet
+from undertow.streams.policy.actions import action_requests
 from undertow.streams.policy.rules import DriftRule
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class PolicyOutput:
     """What one micro-batch (or tick) came to."""
 
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, object]] = field(default_factory=list)
     events: int = 0
     replayed: int = 0
@@ -120,6 +122,7 @@ class PolicyProcessor:
             self.states.folded(key, origin, origin_offset)
             out.alerts.extend(alerts)
             out.events += 1
+        out.actions = action_requests(out.alerts, self.rules)
         return out
 
     def tick(self, generation: int, now: datetime | None = None) -> PolicyOutput:
@@ -133,6 +136,7 @@ class PolicyProcessor:
             if alerts:
                 self.states.touch(key)
                 out.alerts.extend(alerts)
+        out.actions = action_requests(out.alerts, self.rules)
         return out
 
     def _engine(self, key: str, partition: int, generation: int) -> PolicyEngine:

@@ -544,7 +544,7 @@ class PolicyEngine:
         bucket = group.buckets.get(start)
         if bucket is None:
             bucket = group.buckets[start] = WindowAgg()
-        hit = isinstance(rule, RateRule) and value > rule.event_above
+        hit = isinstance(rule, RateRule) and rule.hit(value)
         bucket.add(
             value,
             event_id,
@@ -779,11 +779,16 @@ class PolicyEngine:
         if rule.value.startswith("scores."):
             params["score"] = rule.value.removeprefix("scores.")
         if isinstance(rule, RateRule):
-            evidence.update(hits=str(agg.hits), event_above=number(rule.event_above))
-            params["event_above"] = rule.event_above
+            evidence["hits"] = str(agg.hits)
+            if rule.event_above is not None:
+                evidence["event_above"] = number(rule.event_above)
+                params["event_above"] = rule.event_above
+            else:
+                evidence["event_below"] = number(rule.event_below)
+                params["event_below"] = rule.event_below
             what = (
-                f"{agg.hits} of {agg.n} events ({100 * (value or 0):.2f}%) with {label} above "
-                f"{rule.event_above:g} over {window_text}; threshold {100 * rule.threshold:g}%"
+                f"{agg.hits} of {agg.n} events ({100 * (value or 0):.2f}%) with {label} "
+                f"{rule.condition()} over {window_text}; threshold {100 * rule.threshold:g}%"
             )
         elif isinstance(rule, BudgetRule):
             evidence["sum"] = number(agg.total)

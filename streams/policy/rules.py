@@ -207,6 +207,18 @@ class Escalation(BaseModel):
         return self
 
 
+class ActionSpec(BaseModel):
+    """An action a rule requests when it fires (not on escalation or resolution): a record on
+    the actions topic for the action workers. ``target`` and ``parameters`` may name the
+    alert's ``{app}``, ``{environment}``, ``{segment}``, its group fields and evidence keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=50)
+    target: str = Field(min_length=1, max_length=200)
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -220,6 +232,7 @@ class _Rule(BaseModel):
     runbook_url: str | None = None
     sql: str | None = None
     max_examples: int = Field(default=5, ge=0, le=50)
+    actions: tuple[ActionSpec, ...] = ()
 
     @property
     def scored(self) -> bool:
@@ -364,13 +377,33 @@ class _WindowRule(_Rule):
 
 class RateRule(_WindowRule):
     """More than ``threshold`` (a fraction) of the window's events have ``value`` above
-    ``event_above``; events without the value are not counted at all."""
+    ``event_above`` (toxic completions) or below ``event_below`` (bad feedback); events
+    without the value are not counted at all."""
 
     kind: Literal["rate"]
     value: ValueRef
-    event_above: FiniteFloat
+    event_above: FiniteFloat | None = None
+    event_below: FiniteFloat | None = None
     threshold: FiniteFloat = Field(ge=0, lt=1)
     min_count: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> RateRule:
+        if (self.event_above is None) == (self.event_below is None):
+            raise ValueError("a rate rule needs exactly one of event_above and event_below")
+        return self
+
+    def hit(self, value: float) -> bool:
+        """Whether one event's value counts toward the rate."""
+        if self.event_above is not None:
+            return value > self.event_above
+        return self.event_below is not None and value < self.event_below
+
+    def condition(self) -> str:
+        """``above 0.5`` or ``below 0.5``: what a hit is, for summaries."""
+        if self.event_above is not None:
+            return f"above {self.event_above:g}"
+        return f"below {self.event_below:g}"
 
 
 class BudgetRule(_WindowRule):
@@ -423,7 +456,9 @@ def sql_parameters(rule: _Rule) -> frozenset[str]:
         if str(getattr(rule, "value", "")).startswith("scores."):
             names.add("score")
     if kind == "rate":
-        names.add("event_above")
+        names.add(
+            "event_above" if getattr(rule, "event_above", None) is not None else "event_below"
+        )
     if kind == "percentile":
         names.add("quantile")
     if kind == "drift":
