@@ -13,7 +13,7 @@ retrieval      embedding of the query (``query``) and of up to ``max_documents``
 completion     embedding (``completion``), toxicity, groundedness against the trace's latest
                retrieved documents, tokens (the response's usage, else counted offline) and
                cost from the versioned price table
-feedback       nothing to score; it still gets a ``scores`` row (the trace counts it)
+feedback       its rating as ``feedback`` (people) or ``judge_<rubric>`` (LLM judge)
 =============  ==============================================================================
 
 The injection classifier is a linear probe over the same MiniLM vectors, so with the default
@@ -36,6 +36,7 @@ knows nothing of Kafka, Faust or ClickHouse.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +121,22 @@ ContextLookup = Callable[[str], TraceContext | None]
 def no_context(trace_id: str) -> TraceContext | None:
     """The lookup of an enricher without trace state: every event stands alone."""
     return None
+
+
+def feedback_scores(body: Mapping[str, Any]) -> dict[str, float]:
+    """A feedback event's rating as a score rules can measure: ``feedback`` for people's
+    ratings, ``judge_<label>`` for an LLM judge's (label = rubric), e.g. ``judge_relevance``.
+
+    >>> feedback_scores({"score": 0.0, "source": "user"}), feedback_scores({"score": None})
+    ({'feedback': 0.0}, {})
+    """
+    score = body.get("score")
+    if score is None or not math.isfinite(float(score)):
+        return {}
+    if body.get("source") == "judge":
+        label = str(body.get("label") or "score")
+        return {f"judge_{label}": float(score)}
+    return {"feedback": float(score)}
 
 
 def turn_text(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -327,6 +344,8 @@ class Enricher:
                 context_vectors=w.doc_vectors if w.doc_vectors is not None else empty,
                 **common,
             )
+        if w.kind == "feedback":
+            w.scores.update(feedback_scores(w.body))
         if w.kind != "completion":
             return Scored(scores=w.scores, scorer_versions=versions, **common)
         if context.documents is not None and len(context.documents) and "completion" in w.vectors:

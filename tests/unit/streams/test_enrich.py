@@ -177,7 +177,7 @@ def test_a_rag_batch_scores_each_event_by_its_type(enricher: Enricher) -> None:
     assert set(GROUNDEDNESS_KEYS) <= set(completion.scores)  # joined within the batch
     assert set(completion.embeddings) == {"completion"}
 
-    assert feedback.scores == {} and feedback.scorer_versions == {}
+    assert feedback.scores == {"feedback": 1.0} and feedback.scorer_versions == {}
     assert feedback.embeddings == {} and feedback.embedding_model is None
     assert feedback.input_tokens is None and feedback.cost_usd is None
 
