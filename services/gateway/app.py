@@ -50,6 +50,7 @@ from undertow.services.gateway.protocol import (
     usage_dict,
 )
 from undertow.services.gateway.recorder import Exchange, Recorder
+from undertow.services.gateway.registry import RegistryView
 from undertow.services.gateway.settings import GatewaySettings
 from undertow.services.gateway.sse import DONE_EVENT, encode_data, encode_json
 from undertow.services.sdk import Undertow
@@ -72,16 +73,26 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def create_app(settings: GatewaySettings, backend: Backend, sdk: Undertow) -> FastAPI:
-    """The gateway app; the lifespan starts the backend (loads the model) and closes it."""
-    gateway = Gateway(settings, backend, sdk)
+def create_app(
+    settings: GatewaySettings,
+    backend: Backend,
+    sdk: Undertow,
+    registry: RegistryView | None = None,
+) -> FastAPI:
+    """The gateway app; the lifespan starts the backend (loads the model), then follows the
+    registry when given one (serving its active version), and closes both."""
+    gateway = Gateway(settings, backend, sdk, registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backend.start()
+        if registry is not None:
+            await anyio.to_thread.run_sync(registry.start)
         try:
             yield
         finally:
+            if registry is not None:
+                registry.close()
             await backend.close()
 
     app = FastAPI(
@@ -138,6 +149,9 @@ def create_app(settings: GatewaySettings, backend: Backend, sdk: Undertow) -> Fa
                 "ready": backend.ready,
                 "backend": backend.name,
                 "models": backend.models(),
+                "model_version": backend.model_version,
+                "adapter": backend.adapter,
+                "registry": registry is not None,
             }
         )
 
@@ -158,9 +172,16 @@ def create_app(settings: GatewaySettings, backend: Backend, sdk: Undertow) -> Fa
 class Gateway:
     """The request pipeline behind the routes: limits, events, backend calls, framing."""
 
-    def __init__(self, settings: GatewaySettings, backend: Backend, sdk: Undertow) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backend: Backend,
+        sdk: Undertow,
+        registry: RegistryView | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend
+        self.registry = registry
         self.keys = ApiKeys(settings.keys())
         self.recorder = Recorder(sdk, backend.name)
         self.metrics = GatewayMetrics(sdk.stats)
@@ -204,6 +225,7 @@ class Gateway:
             request.prompt_text()
         if not self.backend.ready:
             raise BackendUnavailable("the model is still loading")
+        request = self._with_prompt(request)
         route = "chat.completions" if kind == "chat" else "completions"
         exchange = self.recorder.begin(route, request, http.headers)
         temperature = request.temperature
@@ -227,9 +249,32 @@ class Gateway:
             time.perf_counter() - began
         )
         self._finished(
-            exchange, result.text, result.finish_reason, result.usage, result.model_version
+            exchange,
+            result.text,
+            result.finish_reason,
+            result.usage,
+            result.model_version,
+            result.adapter,
         )
         return self._whole_response(exchange, request, result, kind)
+
+    def _with_prompt(
+        self, request: ChatCompletionRequest | CompletionRequest
+    ) -> ChatCompletionRequest | CompletionRequest:
+        """The request with its registry prompt resolved, when it names one."""
+        ext = request.extension()
+        if ext.prompt_name is None or self.registry is None:
+            return request
+        resolved = self.registry.resolve_prompt(
+            ext.prompt_name,
+            version=ext.prompt_version,
+            label=ext.prompt_label,
+            units={"user": ext.user or request.user, "session": ext.session},
+            variables=ext.variables,
+        )
+        updated = request.with_prompt(resolved.text, resolved.version, resolved.attributes())
+        assert isinstance(updated, ChatCompletionRequest | CompletionRequest)
+        return updated
 
     def _whole_response(
         self,
@@ -239,6 +284,8 @@ class Gateway:
         kind: Kind,
     ) -> Response:
         headers = exchange.response_headers()
+        if result.model_version is not None:
+            headers["x-undertow-model-version"] = result.model_version
         if result.raw is not None:
             return Response(result.raw, media_type="application/json", headers=headers)
         usage = (
@@ -281,6 +328,8 @@ class Gateway:
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
         }
+        if self.backend.model_version is not None:
+            headers["x-undertow-model-version"] = self.backend.model_version
         events = self._events(exchange, request, kind, first, deltas, began)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
@@ -349,7 +398,14 @@ class Gateway:
                 )
             text = "".join(parts)
             if error is None:
-                self._finished(exchange, text, finish_reason, usage, self.backend.model_version)
+                self._finished(
+                    exchange,
+                    text,
+                    finish_reason,
+                    usage,
+                    self.backend.model_version,
+                    self.backend.adapter,
+                )
             else:
                 self._failed(exchange, error, text, status, usage)
 
@@ -360,6 +416,7 @@ class Gateway:
         finish_reason: str | None,
         usage: Usage | None,
         model_version: str | None,
+        adapter: str | None = None,
     ) -> None:
         self.recorder.finish(
             exchange,
@@ -367,6 +424,7 @@ class Gateway:
             finish_reason=finish_reason,
             usage=usage,
             model_version=model_version,
+            adapter=adapter,
         )
         self.metrics.generations.labels(exchange.route, finish_reason or "unknown").inc()
         if usage is not None:

@@ -90,6 +90,8 @@ class UndertowExtension(_Strict):
     retrieval: RetrievalContext | list[RetrievalContext] | None = None
     prompt_name: str | None = None
     prompt_version: str | None = None
+    prompt_label: str | None = None
+    variables: dict[str, str] = Field(default_factory=dict)
     user: str | None = None
     session: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
@@ -131,6 +133,26 @@ class _GenerationRequest(_Open):
 
     def extension(self) -> UndertowExtension:
         return self.undertow if self.undertow is not None else UndertowExtension()
+
+    def with_prompt(
+        self, text: str, version: str, attributes: dict[str, str]
+    ) -> _GenerationRequest:
+        """This request with a registry prompt put first (a system message for chat, a prefix
+        for text completion) and the chosen version and A/B attributes in its extension."""
+        ext = self.extension()
+        update: dict[str, Any] = {
+            "undertow": ext.model_copy(
+                update={
+                    "prompt_version": version,
+                    "attributes": {**ext.attributes, **attributes},
+                }
+            )
+        }
+        if isinstance(self, ChatCompletionRequest):
+            update["messages"] = [ChatMessage(role="system", content=text), *self.messages]
+        elif isinstance(self, CompletionRequest):
+            update["prompt"] = text + "\n\n" + self.prompt_text()
+        return self.model_copy(update=update)
 
     def upstream_body(self, max_tokens: int) -> dict[str, Any]:
         """The body to forward: what the caller sent, minus the extension, tokens capped."""

@@ -52,7 +52,13 @@ class Exchange:
         return format_traceparent(self.trace_id, self.span_id)
 
     def response_headers(self) -> dict[str, str]:
-        return {"traceparent": self.traceparent, "x-undertow-trace-id": self.trace_id}
+        headers = {"traceparent": self.traceparent, "x-undertow-trace-id": self.trace_id}
+        if self.extension.prompt_version is not None:
+            headers["x-undertow-prompt-version"] = self.extension.prompt_version
+        variant = self.extension.attributes.get("ab.variant")
+        if variant is not None:
+            headers["x-undertow-ab-variant"] = variant
+        return headers
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -131,6 +137,7 @@ class Recorder:
         finish_reason: str | None,
         usage: Usage | None,
         model_version: str | None = None,
+        adapter: str | None = None,
         error: BaseException | str | None = None,
         status: int | None = None,
     ) -> None:
@@ -155,6 +162,7 @@ class Recorder:
             time_to_first_token_ms=exchange.ttft_ms(),
             finish_reason=finish_reason,
             model_version=model_version,
+            adapter=adapter,
             prompt_name=exchange.extension.prompt_name,
             prompt_version=exchange.extension.prompt_version,
             user_id=exchange.user_id,

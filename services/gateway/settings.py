@@ -68,6 +68,15 @@ class GatewaySettings(BaseSettings):
     hash_key: SecretStr | None = Field(default=None, description="HMAC key for user/session ids")
     spool_dir: Path | None = None
 
+    # The registry (undertow.registry.v1): serve the active version of `registry_model`
+    # (default: `model`) and resolve prompts by label and A/B test. Off, or with no version
+    # registered, the gateway serves the configured model as is.
+    follow_registry: bool = True
+    registry_model: str | None = Field(
+        default=None, description="registry model name of the served model; None = model"
+    )
+    registry_topic: str = "undertow.registry.v1"
+
     @model_validator(mode="after")
     def _check(self) -> GatewaySettings:
         if self.default_max_tokens > self.max_tokens:

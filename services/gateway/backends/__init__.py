@@ -22,6 +22,7 @@ from undertow.services.gateway.errors import GatewayError
 if TYPE_CHECKING:
     from undertow.services.gateway.protocol import ChatCompletionRequest, CompletionRequest
     from undertow.services.gateway.settings import GatewaySettings
+    from undertow.services.registry.state import Version
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Generation:
     finish_reason: str
     usage: Usage | None = None
     model_version: str | None = None
+    adapter: str | None = None
     raw: bytes | None = None
 
 
@@ -91,6 +93,20 @@ class Backend(ABC):
     def model_version(self) -> str | None:
         """A version of the served weights to record with completions, when known."""
         return None
+
+    @property
+    def adapter(self) -> str | None:
+        """The LoRA adapter applied to the served model, if any."""
+        return None
+
+    def use_version(self, version: Version | None) -> None:
+        """Serve ``version`` from the registry from now on (None: the configured model).
+
+        Called on the registry follower's thread; must not block for long. The default
+        serves the same weights and only records nothing: backends that can switch override
+        it.
+        """
+        return
 
     @abstractmethod
     def models(self) -> list[str]:

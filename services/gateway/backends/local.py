@@ -35,6 +35,7 @@ from undertow.services.gateway.backends import Backend, CallOptions, Delta, Gene
 from undertow.services.gateway.errors import BackendUnavailable, GatewayError, InvalidRequest
 from undertow.services.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from undertow.services.gateway.settings import GatewaySettings
+from undertow.services.registry.state import Version
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ class _Outcome:
     output_tokens: int
     finish_reason: str
     seconds: float
+    model_version: str | None = None
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,8 @@ class LocalBackend(Backend):
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="undertow-generate")
         self._waiting = 0
+        self._serving: Version | None = None
+        self._adapters: dict[str, str] = {}  # adapter path -> PEFT adapter name
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> LocalBackend:
@@ -292,10 +297,49 @@ class LocalBackend(Backend):
 
     @property
     def model_version(self) -> str | None:
-        return self.gguf_file
+        return self._serving.version if self._serving is not None else self.gguf_file
+
+    @property
+    def adapter(self) -> str | None:
+        return self._serving.adapter_path if self._serving is not None else None
 
     def models(self) -> list[str]:
         return [self.served_name]
+
+    # -- registry -------------------------------------------------------------------------
+
+    def use_version(self, version: Version | None) -> None:
+        """Switch to ``version``'s adapter (or to the bare base model) on the generation
+        thread, so the switch falls between two generations and never under one."""
+        self._executor.submit(self._switch, version).add_done_callback(_log_failure)
+
+    def _switch(self, version: Version | None) -> None:
+        lm = self.load()
+        adapter = version.adapter_path if version is not None else None
+        model: Any = lm.model
+        if adapter is None:
+            if hasattr(model, "peft_config"):
+                model.base_model.disable_adapter_layers()
+        else:
+            from peft import PeftModel
+
+            name = self._adapters.get(adapter) or f"adapter{len(self._adapters)}"
+            try:
+                if not isinstance(model, PeftModel):
+                    model = PeftModel.from_pretrained(model, adapter, adapter_name=name)
+                    model.eval()
+                    lm.model = model
+                elif name not in model.peft_config:
+                    model.load_adapter(adapter, adapter_name=name)
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"cannot load adapter {adapter}: {exc}") from exc
+            self._adapters[adapter] = name
+            model.set_adapter(name)
+            model.base_model.enable_adapter_layers()
+        self._serving = version
+        log.info(
+            "serving %s", version.describe() if version is not None else "the configured model"
+        )
 
     # -- requests -------------------------------------------------------------------------
 
@@ -379,7 +423,8 @@ class LocalBackend(Backend):
             text=stop_filter.text,
             finish_reason="stop" if stop_filter.stopped else outcome.finish_reason,
             usage=Usage(outcome.input_tokens, outcome.output_tokens),
-            model_version=self.model_version,
+            model_version=outcome.model_version,
+            adapter=outcome.adapter,
         )
 
     async def _stream(
@@ -454,6 +499,7 @@ class LocalBackend(Backend):
             raise BackendUnavailable("the model is not loaded")
         if cancel.is_set():
             raise GenerationFailed("cancelled before it started")
+        serving = self._serving  # switches run on this thread: these weights generate
         began = time.perf_counter()
         input_ids = inputs(lm).to(lm.model.device)
         n_in = int(input_ids.shape[1])
@@ -519,7 +565,15 @@ class LocalBackend(Backend):
             output_tokens=n_out,
             finish_reason=finish,
             seconds=seconds,
+            model_version=serving.version if serving is not None else self.gguf_file,
+            adapter=serving.adapter_path if serving is not None else None,
         )
+
+
+def _log_failure(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("switching model version failed; still serving the previous one: %s", exc)
 
 
 def _chat_ids(lm: LoadedModel, messages: list[dict[str, str]]) -> Any:

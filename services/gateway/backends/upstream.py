@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -26,6 +26,9 @@ from undertow.services.gateway.errors import (
 from undertow.services.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from undertow.services.gateway.settings import GatewaySettings
 from undertow.services.gateway.sse import DONE, iter_sse_batches
+
+if TYPE_CHECKING:
+    from undertow.services.registry.state import Version
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class UpstreamBackend(Backend):
         )
         self._client: httpx.AsyncClient | None = None
         self._models: list[str] = []
+        self._version: Version | None = None
+        self._served_name: str | None = None
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> UpstreamBackend:
@@ -94,7 +99,7 @@ class UpstreamBackend(Backend):
         return not self._models or model in self._models
 
     async def chat(self, request: ChatCompletionRequest, options: CallOptions) -> Generation:
-        body = request.upstream_body(options.max_tokens)
+        body = self._served(request.upstream_body(options.max_tokens))
         body["stream"] = False
         body.pop("stream_options", None)
         return await self._generate("/chat/completions", body, options, _chat_message_text)
@@ -102,11 +107,11 @@ class UpstreamBackend(Backend):
     def chat_stream(
         self, request: ChatCompletionRequest, options: CallOptions
     ) -> AsyncGenerator[Delta, None]:
-        body = request.upstream_body(options.max_tokens)
+        body = self._served(request.upstream_body(options.max_tokens))
         return self._stream("/chat/completions", body, options, _chat_delta_text)
 
     async def complete(self, request: CompletionRequest, options: CallOptions) -> Generation:
-        body = request.upstream_body(options.max_tokens)
+        body = self._served(request.upstream_body(options.max_tokens))
         body["stream"] = False
         body.pop("stream_options", None)
         return await self._generate("/completions", body, options, _choice_text)
@@ -114,8 +119,30 @@ class UpstreamBackend(Backend):
     def complete_stream(
         self, request: CompletionRequest, options: CallOptions
     ) -> AsyncGenerator[Delta, None]:
-        body = request.upstream_body(options.max_tokens)
+        body = self._served(request.upstream_body(options.max_tokens))
         return self._stream("/completions", body, options, _choice_text)
+
+    # -- registry -------------------------------------------------------------------------
+
+    def use_version(self, version: Version | None) -> None:
+        """Ask the upstream for the registry version's served name: its ``served_name``
+        metadata (a vLLM ``--lora-modules`` name, say), else the model asked for."""
+        self._version = version
+        served = version.metadata.get("served_name") if version is not None else None
+        self._served_name = served or None
+
+    @property
+    def model_version(self) -> str | None:
+        return self._version.version if self._version is not None else None
+
+    @property
+    def adapter(self) -> str | None:
+        return self._version.adapter_path if self._version is not None else None
+
+    def _served(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self._served_name is not None:
+            body["model"] = self._served_name
+        return body
 
     # -- transport ------------------------------------------------------------------------
 
