@@ -65,7 +65,14 @@ from typing import Any, Protocol
 
 from undertow.errors import ConfigError
 from undertow.schemas.codec import AvroCodec, DecodeError
-from undertow.services.warehouse.rows import ALERT_COLUMNS, DRIFT_COLUMNS, alert_row, drift_row
+from undertow.services.warehouse.rows import (
+    ACTION_COLUMNS,
+    ALERT_COLUMNS,
+    DRIFT_COLUMNS,
+    action_row,
+    alert_row,
+    drift_row,
+)
 from undertow.streams.checkpoint import KeyedStates
 from undertow.streams.drift import Baseline, MonitorConfig
 from undertow.streams.drift_processor import DriftProcessor, segment_record_key
@@ -160,7 +167,7 @@ def build_app(
         processing_guarantee="at_least_once",
         worker_redirect_stdouts=False,
     )
-    positions = None if settings.role == "ingest" else Positions()
+    positions = None if settings.role in ("ingest", "judge") else Positions()
     _refuse_stale_acks(app, positions)
     reread = settings.auto_offset_reset == "earliest"
     if settings.role == "ingest":
@@ -170,6 +177,10 @@ def build_app(
         _add_ingest(
             app, settings, enricher if settings.enrich else None, health, partitions, committed
         )
+        return app
+    if settings.role == "judge":
+        _track_commits(app, {settings.events_topic}, reread_uncommitted=reread)
+        _add_judge(app, settings, health)
         return app
     sources = _role_sources(settings)
     _track_commits(
@@ -444,6 +455,8 @@ def ensure_worker_topics(settings: WorkerSettings) -> int:
         "min.compaction.lag.ms": "60000",
         "segment.ms": "3600000",
     }
+    if settings.role == "judge":
+        return event_partitions(settings)  # reads the event topic; no state of its own
     if settings.role == "ingest":
         partitions = event_partitions(settings)
         specs = [TopicSpec(settings.traces_changelog_topic, partitions, compacted)]
@@ -661,6 +674,115 @@ def _add_ingest(
         logger.debug("%d traces written, %d closed, %d open", len(rows), removed, len(store))
 
     app.timer(settings.trace_scan_interval_s, name="undertow.streams.traces")(write_finished_traces)
+
+
+def _add_judge(app: Any, settings: WorkerSettings, health: WorkerHealth | None) -> None:
+    """The LLM-as-judge role: sampled completions of the event topic rated by a judge model
+    into ``judge_scores`` and back onto the event topic as feedback events
+    (:mod:`undertow.streams.judge_processor`). A batch is acknowledged only once its rows are
+    stored and its feedback published; while the judge is away the batch waits and retries."""
+    from undertow.services.warehouse.client import connect
+    from undertow.services.warehouse.rows import JUDGE_SCORE_COLUMNS
+    from undertow.streams.judge import JudgeClient, JudgeClientConfig, load_rubrics
+    from undertow.streams.judge_processor import (
+        ContextCache,
+        Judge,
+        JudgeConfig,
+        warehouse_context,
+    )
+
+    rubrics = load_rubrics(settings.judge_rubrics_file)
+    if settings.judge_rubrics:
+        rubrics = rubrics.only(settings.judge_rubrics)
+    sink, backoff = _sink(settings)
+    client = JudgeClient(
+        JudgeClientConfig(
+            base_url=settings.judge_base_url,
+            model=settings.judge_model,
+            api_key=settings.judge_api_key,
+            timeout_s=settings.judge_timeout_s,
+            max_attempts=settings.judge_max_attempts,
+            backoff_min_s=settings.retry_backoff_min_s,
+            backoff_max_s=settings.retry_backoff_max_s,
+            max_tokens=settings.judge_max_tokens,
+            json_mode=settings.judge_json_mode,
+            max_connections=settings.judge_concurrency,
+        )
+    )
+
+    def warehouse() -> Any:
+        return connect(
+            str(settings.clickhouse_url),
+            settings.clickhouse_database,
+            settings.clickhouse_user,
+            settings.clickhouse_password.get_secret_value(),
+        )
+
+    async def write_rows(rows: list[list[Any]], token: str) -> None:
+        await sink.insert_rows("judge_scores", JUDGE_SCORE_COLUMNS, rows, token)
+
+    async def publish_feedback(messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        await _publish(app, settings.events_topic, messages, backoff, "judge feedback")
+
+    async def publish_dead_letters(messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        await _publish(app, settings.deadletter_topic, messages, backoff, "dead letters")
+
+    judge = Judge(
+        rubrics,
+        JudgeConfig(
+            judge_model=settings.judge_model,
+            sample_rate=settings.judge_sample_rate,
+            concurrency=settings.judge_concurrency,
+            exclude_apps=frozenset(settings.judge_exclude_apps),
+            lookup_wait_s=settings.judge_lookup_wait_s,
+            max_input_chars=settings.judge_max_input_chars,
+            max_reason_chars=settings.judge_reason_chars,
+        ),
+        ask=client.complete,
+        write_rows=write_rows,
+        publish_feedback=publish_feedback,
+        publish_dead_letters=publish_dead_letters,
+        lookup=warehouse_context(warehouse),
+        cache=ContextCache(settings.judge_cache_traces, settings.judge_cache_age_s),
+        backoff=backoff,
+    )
+    logger.info(
+        "judge: %s at %s, rubrics %s, sample rate %s",
+        settings.judge_model,
+        settings.judge_base_url,
+        ", ".join(f"{r.name} {r.rubric_version}" for r in rubrics),
+        settings.judge_sample_rate,
+    )
+    source = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
+
+    async def judge_events(stream: Any) -> None:
+        batches = stream.take_events(settings.batch_size, within=settings.batch_window_s)
+        async for events in batches:
+            for event in events:  # held until the batch's results are durable
+                event.message.incref()
+            try:
+                report = await judge.process(_records(events))
+            except Exception as exc:
+                await _fail("judge processor", exc, health)
+                return
+            for event in events:
+                await stream.ack(event)
+            if report.selected or report.dead_letters:
+                logger.info(
+                    "judge batch of %d: %d completions, %d judged by %d rubric calls "
+                    "(%d scored, %d unreadable), %d lookups, %d dead letters, %.1f s",
+                    report.records,
+                    report.completions,
+                    report.selected,
+                    report.judged,
+                    report.scored,
+                    report.failed,
+                    report.lookups,
+                    report.dead_letters,
+                    report.seconds,
+                )
+
+    app.agent(source, name="undertow.streams.judge")(judge_events)
 
 
 def _sink(settings: WorkerSettings) -> tuple[EventSink, Backoff]:
@@ -1071,6 +1193,16 @@ def _add_policy(
                 logger.info(
                     "alert %s %s %s (%s)", a["status"], a["severity"], a["rule"], a["dedup_key"]
                 )
+        if output.actions:
+            # Requests land in the table and on the topic before the alerts' offsets commit;
+            # their ids derive from the alerts', so a replay requests nothing twice.
+            acts = output.actions
+            token = _digest("actions:" + ",".join(str(a["event_id"]) for a in acts))
+            await sink.insert_rows("actions", ACTION_COLUMNS, [action_row(a) for a in acts], token)
+            messages = [(str(a["target"]).encode(), codec.encode("action", a)) for a in acts]
+            await _publish(app, settings.actions_topic, messages, backoff, "actions")
+            for a in acts:
+                logger.info("action requested: %s %s", a["action_type"], a["target"])
         if output.dead_letters:
             letters = [(None, codec.encode("dead_letter", d)) for d in output.dead_letters]
             await _publish(app, settings.deadletter_topic, letters, backoff, "dead letters")

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from undertow.schemas import topics
 
-Role = Literal["ingest", "drift", "policy"]
+Role = Literal["ingest", "drift", "policy", "judge"]
 
 
 class WorkerSettings(BaseSettings):
@@ -42,6 +42,7 @@ class WorkerSettings(BaseSettings):
     deadletter_topic: str = topics.DEADLETTER
     drift_topic: str = topics.DRIFT
     alerts_topic: str = topics.ALERTS
+    actions_topic: str = topics.ACTIONS
 
     # Micro-batches: the sink writes (and the scorers run) once per batch. Faust's take_events
     # holds new records back while the agent works on a batch and starts the window only
@@ -113,6 +114,43 @@ class WorkerSettings(BaseSettings):
     # policy: the rules (default: streams/rules.yaml) and how often quiet streams move on.
     rules_file: Path | None = None
     policy_tick_s: float = Field(default=1.0, gt=0, le=60)
+
+    # judge: an OpenAI-compatible judge model (vLLM in production; offline `undertow gateway`)
+    # rates a deterministic sample of completions by rubric (streams/judge_processor.py).
+    judge_base_url: str = Field(
+        default="http://127.0.0.1:8300/v1", description="the judge server's /v1 URL"
+    )
+    judge_model: str = Field(default="SmolLM2-135M-Instruct", description="model name to ask for")
+    judge_api_key: SecretStr = Field(default=SecretStr(""), description="bearer key; '' sends none")
+    judge_sample_rate: float = Field(
+        default=0.1, ge=0, le=1, description="fraction of completions judged, by event id hash"
+    )
+    judge_concurrency: int = Field(default=4, ge=1, le=256, description="judge calls at once")
+    judge_timeout_s: float = Field(default=60.0, gt=0, description="one judge call's limit")
+    judge_max_attempts: int = Field(
+        default=4, ge=1, le=20, description="tries per call before waiting with backoff"
+    )
+    judge_max_tokens: int = Field(default=96, ge=1, le=4096)
+    judge_json_mode: bool = Field(
+        default=False, description="ask for response_format json_object (vLLM supports it)"
+    )
+    judge_rubrics_file: Path | None = Field(
+        default=None, description="rubric YAML (default: streams/judge/rubrics.yaml)"
+    )
+    judge_rubrics: tuple[str, ...] = Field(
+        default=(), description="rubric names to run; empty: all in the file"
+    )
+    judge_exclude_apps: tuple[str, ...] = Field(
+        default=("undertow-judge",),
+        description="apps never judged: the judge's own traffic through an Undertow gateway",
+    )
+    judge_cache_traces: int = Field(default=10_000, ge=1, description="traces of prompts kept")
+    judge_cache_age_s: float = Field(default=600.0, gt=0)
+    judge_lookup_wait_s: float = Field(
+        default=30.0, ge=0, description="how long to wait for a missed prompt in the warehouse"
+    )
+    judge_max_input_chars: int = Field(default=4000, ge=100)
+    judge_reason_chars: int = Field(default=500, ge=0, le=10_000)
 
     # Kafka consumer behaviour. The session timeout bounds how long a crashed worker keeps its
     # partitions; the poll interval bounds how long a blocked agent (warehouse away, buffers

@@ -6,6 +6,7 @@ columns per body type; a body fills its own group and leaves the others empty.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -173,6 +174,36 @@ ALERT_COLUMNS: tuple[str, ...] = (
 )
 
 
+ACTION_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_time",
+    "app",
+    "environment",
+    "trace_id",
+    "action_type",
+    "target",
+    "phase",
+    "request_id",
+    "reason",
+    "parameters",
+    "result",
+)
+REGISTRY_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "name",
+    "version",
+    "status",
+    "labels",
+    "base_model",
+    "adapter_path",
+    "template",
+    "metadata",
+    "payload",
+    "event_id",
+    "updated_at",
+)
+
+
 def _uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
@@ -195,3 +226,65 @@ def alert_row(record: Mapping[str, Any]) -> list[Any]:
     row["segment"] = record.get("segment") or ""
     row["evidence"] = dict(record.get("evidence") or {})
     return [row[c] for c in ALERT_COLUMNS]
+
+
+def action_row(record: Mapping[str, Any]) -> list[Any]:
+    """One ``actions`` row, in ``ACTION_COLUMNS`` order, from an ``action`` record."""
+    row = {c: record.get(c) for c in ACTION_COLUMNS}
+    row["event_id"] = _uuid(record["event_id"])
+    row["reason"] = record.get("reason") or ""
+    row["parameters"] = dict(record.get("parameters") or {})
+    row["result"] = dict(record.get("result") or {})
+    return [row[c] for c in ACTION_COLUMNS]
+
+
+def registry_row(record: Mapping[str, Any]) -> list[Any]:
+    """One ``registry`` row, in ``REGISTRY_COLUMNS`` order, from a ``registry_record``."""
+    row = {c: record.get(c) for c in REGISTRY_COLUMNS}
+    row["event_id"] = _uuid(record["event_id"])
+    row["labels"] = list(record.get("labels") or [])
+    row["metadata"] = dict(record.get("metadata") or {})
+    row["updated_at"] = record["event_time"]
+    row["payload"] = json.dumps(
+        {k: v for k, v in record.items() if k not in ("event_time",)}, default=str
+    )
+    return [row[c] for c in REGISTRY_COLUMNS]
+
+
+# -- judge_scores (schemas/clickhouse/012_judge_scores.sql; streams/judge_processor.py) -------
+
+JUDGE_SCORE_COLUMNS: tuple[str, ...] = (
+    "id",
+    "completion_event_id",
+    "trace_id",
+    "event_time",
+    "app",
+    "environment",
+    "model",
+    "model_version",
+    "prompt_name",
+    "prompt_version",
+    "attributes",
+    "rubric",
+    "rubric_version",
+    "judge_model",
+    "score",
+    "raw_score",
+    "scale",
+    "parse_error",
+    "reason",
+    "latency_ms",
+    "judged_at",
+)
+
+
+def judge_score_row(values: Mapping[str, Any]) -> list[Any]:
+    """One ``judge_scores`` row, in ``JUDGE_SCORE_COLUMNS`` order, from a mapping by column
+    name (ids as UUIDs or strings; missing segment names become '')."""
+    row = {c: values.get(c) for c in JUDGE_SCORE_COLUMNS}
+    row["id"] = _uuid(values["id"])
+    row["completion_event_id"] = _uuid(values["completion_event_id"])
+    for name in ("model", "model_version", "prompt_name", "prompt_version", "reason"):
+        row[name] = row[name] or ""
+    row["attributes"] = dict(values.get("attributes") or {})
+    return [row[c] for c in JUDGE_SCORE_COLUMNS]
