@@ -15,6 +15,7 @@ from rich.table import Table
 from undertow import __version__
 from undertow.baseline_cli import baseline_app
 from undertow.errors import UndertowError
+from undertow.registry_cli import ab_app, actions_app, prompts_app, registry_app
 from undertow.settings import StackSettings
 
 app = typer.Typer(
@@ -31,6 +32,10 @@ app.add_typer(alerts_app, name="alerts")
 rules_app = typer.Typer(help="Alert rules (YAML) the policy processor runs.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(baseline_app, name="baseline")
+app.add_typer(registry_app, name="registry")
+app.add_typer(prompts_app, name="prompts")
+app.add_typer(ab_app, name="ab")
+app.add_typer(actions_app, name="actions")
 console = Console()
 
 
@@ -197,7 +202,7 @@ def gateway(
 @app.command()
 def worker(
     role: Annotated[
-        Literal["ingest", "drift", "policy"] | None,
+        Literal["ingest", "drift", "policy", "judge"] | None,
         typer.Option(help="the processor to run (default: ingest)"),
     ] = None,
     log_batches: Annotated[
@@ -215,6 +220,9 @@ def worker(
 
     policy: scored and drift events through the alert rules (undertow rules check); alerts
     into the alerts table and onto the alerts topic, for undertow alerts serve.
+
+    judge: a sample of completions rated by a judge model (UNDERTOW_WORKER_JUDGE_*) by rubric
+    into judge_scores, and onto the event topic as feedback events (source judge).
 
     Settings come from UNDERTOW_WORKER_* variables; Kafka and ClickHouse default to the local
     stack's. Offsets are committed only after the warehouse stored the rows.
@@ -276,6 +284,12 @@ def worker(
         )
     elif settings.role == "drift":
         source, doing = settings.scored_topic, f"drift events to {settings.drift_topic}"
+    elif settings.role == "judge":
+        source = settings.events_topic
+        doing = (
+            f"judging {settings.judge_sample_rate:.0%} of completions with "
+            f"{settings.judge_model} at {settings.judge_base_url}"
+        )
     else:
         source = f"{settings.scored_topic} + {settings.drift_topic}"
         doing = f"alerts to {settings.alerts_topic}"
