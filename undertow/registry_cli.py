@@ -375,15 +375,14 @@ def ab_report(
     client = _client()
     experiment = client.load().find_experiment(test)
     specs = parse_metrics(metric)
-    report = ab_report_of(
-        _warehouse(), experiment, specs, alpha=alpha, min_samples=min_samples
-    )
+    report = ab_report_of(_warehouse(), experiment, specs, alpha=alpha, min_samples=min_samples)
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:
         _print_report(report)
     if act and report.decision != "continue":
-        _request_ab_action(experiment, report)
+        # With --json, stdout holds the report alone; what was requested goes to stderr.
+        _request_ab_action(experiment, report, Console(stderr=True) if as_json else console)
 
 
 def _print_report(report: Any) -> None:
@@ -405,7 +404,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _request_ab_action(experiment: Any, report: Any) -> None:
+def _request_ab_action(experiment: Any, report: Any, out: Console) -> None:
     from undertow.schemas import topics
     from undertow.schemas.codec import AvroCodec
     from undertow.schemas.events import action
@@ -425,14 +424,14 @@ def _request_ab_action(experiment: Any, report: Any) -> None:
         )
         what = f"promote of {experiment.prompt} version {experiment.variants[report.winner]}"
     else:
-        console.print("decision is stop: stop the test with `undertow ab stop`", highlight=False)
+        out.print("decision is stop: stop the test with `undertow ab stop`", highlight=False)
         return
     publish(
         _bootstrap(),
         topics.ACTIONS,
         [(experiment.prompt.encode(), AvroCodec().encode("action", record))],
     )
-    console.print(f"requested {what} (request {record['event_id']})", highlight=False)
+    out.print(f"requested {what} (request {record['event_id']})", highlight=False)
 
 
 # -- actions ----------------------------------------------------------------------------------
