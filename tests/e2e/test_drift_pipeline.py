@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.processes import UNDERTOW, Processes
 from tests.receivers import Receivers, loopback_receivers
 from undertow.infra.process import wait_until
 from undertow.infra.stack import LocalStack
@@ -36,51 +36,10 @@ from undertow.streams.drift.corpus import ASSISTANT_TOPICS, GENERAL_TOPICS, load
 
 pytestmark = pytest.mark.e2e
 
-UNDERTOW = [sys.executable, "-m", "undertow.cli"]
 APP = "helpdesk"
 ROUTING_KEY = "E2eRoutingKey0123456789abcdefghi"
 SECRET = "e2e-webhook-secret-0123456789abcdef"
 CODEC = AvroCodec()
-
-
-class Processes:
-    """CLI subprocesses with logs in files; all stopped at the end."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [*UNDERTOW, *args], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.running[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.running.values())
-
-    def dead(self) -> str:
-        return "; ".join(
-            f"{n} exited {p.returncode}: {self.log(n)[-2000:]}"
-            for n, p in self.running.items()
-            if p.poll() is not None
-        )
-
-    def stop(self) -> None:
-        for proc in self.running.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.running.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def prompts(texts: list[str], start: datetime) -> list[dict[str, Any]]:
