@@ -54,8 +54,20 @@ def _config(checker: Path, *profiles: str, env: dict[str, str] | None = None) ->
 
 
 def test_compose_file_loads_with_every_profile(composecheck: Path) -> None:
-    config = _config(composecheck, "demo", "gpu")
-    assert set(config["services"]) == {"kafka", "clickhouse", "setup", "demo", "vllm", "gateway"}
+    config = _config(composecheck, "demo", "gpu", "pipeline")
+    assert set(config["services"]) == {
+        "kafka",
+        "clickhouse",
+        "setup",
+        "demo",
+        "vllm",
+        "gateway",
+        "judge",
+        *("ingest", "drift", "policy", "actions", "alerts"),
+    }
+    judge_env = config["services"]["judge"]["environment"]
+    assert judge_env["UNDERTOW_WORKER_JUDGE_BASE_URL"] == "http://vllm:8000/v1"
+    assert config["services"]["actions"]["command"] == ["actions", "serve"]
     gateway_env = config["services"]["gateway"]["environment"]
     assert gateway_env["UNDERTOW_GATEWAY_UPSTREAM_BASE_URL"] == "http://vllm:8000/v1"
     assert config["services"]["vllm"]["profiles"] == ["gpu"]
@@ -69,7 +81,7 @@ def test_default_profile_is_the_stack_without_gpu(composecheck: Path) -> None:
 
 
 def test_every_published_port_is_on_loopback(composecheck: Path) -> None:
-    config = _config(composecheck, "demo", "gpu")
+    config = _config(composecheck, "demo", "gpu", "pipeline")
     published = [
         port for service in config["services"].values() for port in service.get("ports", [])
     ]
