@@ -1,6 +1,6 @@
 """The Faust application of the stream worker, built in one function from one settings object.
 
-:func:`build_app` wires the processor of ``settings.role`` (only ``ingest`` so far) to Kafka:
+:func:`build_app` wires the processor of ``settings.role`` (ingest, drift, policy, judge) to Kafka:
 the app id is the consumer group (one group per role), keys and values are raw bytes (the
 Avro codec does the decoding, so a bad record is a dead letter, not a crashed agent), the web
 server is off unless a port is given (and then bound to loopback), and Faust creates no topics

@@ -53,6 +53,8 @@ DEFAULT_LABEL = "production"
 # the same state (a retried action) writes the same ids and sinks keep one row.
 ID_NAMESPACE = uuid.UUID("6f0c3c41-5a57-4f0e-9b7a-2d7b6b1f4e21")
 REGISTRY_APP = "undertow-registry"
+# Metadata of a version's last deactivation, cleared when it serves again.
+DEACTIVATION = ("deactivated_at", "deactivated_reason")
 
 
 class RegistryError(UndertowError):
@@ -269,6 +271,8 @@ def build_record(v: Version, *, now: int, reason: str = "") -> dict[str, Any]:
 
 def _with(v: Version, **changes: Any) -> Version:
     meta = dict(v.metadata)
+    for name in changes.pop("drop", ()):
+        meta.pop(name, None)
     meta.update(changes.pop("meta", {}))
     return Version(
         kind=v.kind,
@@ -344,6 +348,7 @@ def promote_model(
                     "activated_at": str(now),
                     "previous": current.version if current else "",
                 },
+                drop=DEACTIVATION,
             ),
             now=now,
             reason=reason,
@@ -450,6 +455,7 @@ def rollback_model(
                 good,
                 status="active",
                 meta={"activated_at": str(now), "previous": current.version},
+                drop=DEACTIVATION,
             ),
             now=now,
             reason=reason,

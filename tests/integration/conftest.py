@@ -3,12 +3,14 @@ project's own code in a temporary state directory and stopped at the end."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from undertow.infra.stack import LocalStack, StackInfo
+from undertow.services.warehouse.migrations import apply_migrations
 from undertow.settings import StackSettings
 
 
@@ -30,3 +32,16 @@ def stack(stack_settings: StackSettings) -> Iterator[StackInfo]:
 @pytest.fixture(scope="session")
 def local_stack(stack_settings: StackSettings, stack: StackInfo) -> LocalStack:
     return LocalStack(stack_settings)
+
+
+@pytest.fixture(scope="module")
+def database(
+    local_stack: LocalStack, stack: StackInfo, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A database of its own for the test module, migrated, dropped at the end."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = f"undertow_{module}_{uuid.uuid4().hex[:8]}"
+    admin = local_stack.admin_client(stack.clickhouse_url)
+    apply_migrations(admin, name)
+    yield name
+    admin.command(f"DROP DATABASE IF EXISTS {name}")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from undertow.infra.stack import LocalStack, StackInfo
+from undertow.infra.stack import StackInfo
 from undertow.registry_cli import ab_app
 from undertow.schemas.codec import AvroCodec
 from undertow.schemas.events import event, new_trace_id
@@ -81,17 +81,6 @@ def traffic(test: str, prompt: str, rates: dict[str, float], seed: int) -> list[
             )
             items.append(SinkItem(feedback, "undertow.events.v1", 0, len(items), Scored(scores={})))
     return items
-
-
-@pytest.fixture(scope="module")
-def database(local_stack: LocalStack, stack: StackInfo) -> Any:
-    name = f"undertow_ab_{RUN}"
-    admin = local_stack.admin_client(stack.clickhouse_url)
-    from undertow.services.warehouse.migrations import apply_migrations
-
-    apply_migrations(admin, name)
-    yield name
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
 
 
 def run_report(

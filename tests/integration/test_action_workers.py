@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from tests.tiny_models import ALL_LINEAR, ANIMALS, COLOURS, tiny_gpt2, tiny_tokenizer
 from undertow.infra.process import wait_until
-from undertow.infra.stack import LocalStack, StackInfo
+from undertow.infra.stack import StackInfo
 from undertow.schemas.codec import AvroCodec
 from undertow.schemas.events import action
 from undertow.schemas.topics import ACTIONS, DEADLETTER
@@ -33,7 +34,6 @@ from undertow.services.bus import end_offsets, publish, read_range
 from undertow.services.registry.client import RegistryClient
 from undertow.services.registry.state import promote_model, push_model, push_prompt
 from undertow.services.warehouse.client import connect
-from undertow.services.warehouse.migrations import apply_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,6 @@ CODEC = AvroCodec()
 RUN = uuid.uuid4().hex[:6]
 MODEL = f"actions-test-model-{RUN}"
 TINY = f"tiny-model-{RUN}"
-ANIMALS = ["cat", "dog", "fox", "owl", "cow", "hen", "pig", "bee", "ant", "elk", "yak", "ram"]
-COLOURS = ["red", "blue", "green", "black"]
 # 48 question/answer pairs in a fixed frame, straight from ClickHouse (the fine_tune `sql`
 # parameter): the tiny model learns the frame quickly.
 TRAINING_SQL = (
@@ -58,57 +56,16 @@ def now() -> int:
 
 
 @pytest.fixture(scope="module")
-def database(local_stack: LocalStack, stack: StackInfo) -> Iterator[str]:
-    name = f"undertow_actions_{RUN}"
-    admin = local_stack.admin_client(stack.clickhouse_url)
-    apply_migrations(admin, name)
-    yield name
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
-
-
-@pytest.fixture(scope="module")
 def warehouse(stack: StackInfo, database: str) -> Client:
     return connect(stack.clickhouse_url, database=database)
 
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer GPT-2 with a BPE tokenizer trained here, saved as a plain folder."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        f"what colour is the {c} {a}? the {c} {a} is {c}, of course."
-        for a in ANIMALS
-        for c in COLOURS
-    ]
-    tok.train_from_iterator(
-        corpus * 4,
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", model_max_length=128
-    )
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_layer=2,
-        n_embd=64,
-        n_head=2,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
+    """A tiny GPT-2 and its tokenizer, saved as a plain model folder."""
+    tokenizer = tiny_tokenizer()
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    tiny_gpt2(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -195,6 +152,19 @@ def test_rollback_is_carried_out_once(
         parameters={"id": first["event_id"]},
     ).result_rows
     assert rows[0][0] == 2  # started and succeeded, once each
+
+    # The registry's mirror in ClickHouse (written by the service) shows the same state.
+    def mirrored() -> dict[str, tuple[str, str]] | None:
+        rows = warehouse.query(
+            "SELECT version, status, metadata['deactivated_reason'] FROM registry FINAL "
+            "WHERE kind = 'model' AND name = {name:String}",
+            parameters={"name": MODEL},
+        ).result_rows
+        found = {v: (status, why) for v, status, why in rows}
+        return found if found.get("2", ("",))[0] == "retired" else None
+
+    mirror = wait_until(mirrored, 60, "the registry mirrored into ClickHouse")
+    assert mirror == {"1": ("active", ""), "2": ("retired", "rolled_back")}
     # Nothing left to return to: a failure that says why.
     last = request("rollback", MODEL)
     send(stack, last)
@@ -225,7 +195,7 @@ def test_a_fine_tune_registers_an_adapter_only_when_it_improved(
     common = {
         "app": "tiny-app",
         "sql": TRAINING_SQL,
-        "target_modules": "c_attn,c_proj,c_fc",
+        "target_modules": ",".join(ALL_LINEAR),
         "max_steps": "40",
         "batch_size": "8",
         "seed": "1",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from undertow.infra.stack import LocalStack, StackInfo
 from undertow.schemas.events import event
 from undertow.services.warehouse import WarehouseError
 from undertow.services.warehouse.client import connect
-from undertow.services.warehouse.migrations import apply_migrations
 from undertow.streams.drift import BaselineConfig, DriftError, DriftMonitor, build_baseline
 from undertow.streams.drift.baseline import Baseline, build_baselines
 from undertow.streams.drift.calibration import DEFAULT_EVENTS, DEFAULT_TARGET_RATE
@@ -47,15 +45,6 @@ SYSTEM = "You are a helpful assistant."
 
 
 # --- fixtures and traffic -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database(local_stack: LocalStack, stack: StackInfo) -> Iterator[str]:
-    name = f"undertow_baselines_{uuid.uuid4().hex[:8]}"
-    admin = local_stack.admin_client(stack.clickhouse_url)
-    apply_migrations(admin, name)
-    yield name
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy.typing as npt
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from undertow.infra.stack import LocalStack, StackInfo
+from undertow.infra.stack import StackInfo
 from undertow.schemas.events import event, new_span_id, new_trace_id
 from undertow.services.finetune.dataset import (
     CleanSpec,
@@ -32,7 +31,6 @@ from undertow.services.finetune.dataset import (
 )
 from undertow.services.finetune.job import BaseModel, FineTuneParams, run_fine_tune
 from undertow.services.warehouse.client import connect
-from undertow.services.warehouse.migrations import apply_migrations
 from undertow.streams import traces
 from undertow.streams.scored import Scored
 from undertow.streams.scoring.base import create_embedder
@@ -46,12 +44,8 @@ DIM = 16
 
 
 @pytest.fixture(scope="module")
-def client(local_stack: LocalStack, stack: StackInfo) -> Iterator[Client]:
-    name = f"undertow_finetune_{uuid.uuid4().hex[:8]}"
-    admin = local_stack.admin_client(stack.clickhouse_url)
-    apply_migrations(admin, name)
-    yield connect(stack.clickhouse_url, database=name)
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
+def client(stack: StackInfo, database: str) -> Client:
+    return connect(stack.clickhouse_url, database=database)
 
 
 def unit(seed: int) -> npt.NDArray[np.float32]:

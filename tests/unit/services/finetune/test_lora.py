@@ -12,16 +12,14 @@ from typing import Any
 import pytest
 import torch
 from peft import PeftModel
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 
+from tests.tiny_models import ALL_LINEAR, EOS, colour_pairs, tiny_gpt2, tiny_tokenizer
 from undertow.services.finetune.dataset import Example, InvalidParameter
 from undertow.services.finetune.lora import (
     IGNORE,
@@ -34,27 +32,12 @@ from undertow.services.finetune.lora import (
     train_adapter,
 )
 
-ANIMALS = ["cat", "dog", "fox", "owl", "cow", "hen", "pig", "bee", "ant", "elk", "yak", "ram"]
-COLOURS = ["red", "blue", "green", "black"]
-EOS = "<|endoftext|>"
-# The tiny model's embeddings and head are random and frozen: adapting every projection, not
-# only attention (the GPT-2 default), lets 40 steps show a clear fall of the held-out loss.
-ALL_LINEAR = ("c_attn", "c_proj", "c_fc")
-
 
 def examples() -> list[Example]:
     """A small repetitive set: the answer repeats the question's words in a fixed frame."""
-    out = []
-    for i, animal in enumerate(ANIMALS):
-        for j, colour in enumerate(COLOURS):
-            out.append(
-                Example(
-                    prompt=f"what colour is the {colour} {animal}?",
-                    completion=f"the {colour} {animal} is {colour}, of course.",
-                    event_id=f"e{i}-{j}",
-                )
-            )
-    return out
+    return [
+        Example(prompt=q, completion=a, event_id=f"e{i}") for i, (q, a) in enumerate(colour_pairs())
+    ]
 
 
 def split_examples() -> tuple[list[Example], list[Example]]:
@@ -74,38 +57,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [f"{e.prompt}\n{e.completion}" for e in examples()] * 4
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=[EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    made: PreTrainedTokenizerFast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tok, eos_token=EOS, model_max_length=128
-    )
+    made: PreTrainedTokenizerFast = tiny_tokenizer()
     return made
-
-
-def tiny_gpt2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_layer=2,
-        n_embd=64,
-        n_head=2,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
-    model: GPT2LMHeadModel = GPT2LMHeadModel(config)  # type: ignore[no-untyped-call]
-    model.eval()  # type: ignore[no-untyped-call]
-    return model
 
 
 def spec(**changes: Any) -> LoraSpec:
