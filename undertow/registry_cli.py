@@ -298,6 +298,14 @@ def ab_start(
     split_by: Annotated[str, typer.Option(help="sticky unit: user or session")] = "user",
     label: Annotated[str, typer.Option(help="the label the test takes over")] = "production",
     control: Annotated[str | None, typer.Option(help="the control variant")] = None,
+    act: Annotated[
+        bool,
+        typer.Option(
+            "--act",
+            help="let the action service end the test by itself: promote the winner, or keep "
+            "the control, once the report decides",
+        ),
+    ] = False,
 ) -> None:
     """Start an A/B test: requests for PROMPT at LABEL get a variant, sticky per unit."""
     from undertow.services.registry.state import start_experiment
@@ -317,6 +325,7 @@ def ab_start(
         split_by=split_by,
         label=label,
         control=control,
+        act=act,
         now=_now(),
     )
     _write(client, records, f"A/B test {test} running on {prompt}@{label}: {variants}")

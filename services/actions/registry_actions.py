@@ -22,6 +22,7 @@ from undertow.services.registry.state import (
     promote_model,
     rollback_model,
     rollback_prompt,
+    stop_experiment,
 )
 
 
@@ -103,6 +104,10 @@ class PromoteWorker(ActionWorker):
                 label = parameter(request, "label", DEFAULT_LABEL) or DEFAULT_LABEL
                 records = label_prompt(state, target, version, label, now=now)
                 what = f"prompt {target} label {label} on version {version}"
+                test = parameter(request, "ab_test")
+                if test is not None:  # an A/B decision: the test ends with it
+                    records += stop_experiment(state, test, now=now, reason=reason)
+                    what += f", A/B test {test} ended"
             else:
                 records = promote_model(state, target, version, now=now, reason=reason)
                 what = f"model {target} serves version {version}"

@@ -284,6 +284,31 @@ def _as_record(v: Version) -> dict[str, Any]:
     }
 
 
+def review_experiments(context: WorkerContext, bootstrap: str, stop: threading.Event) -> None:
+    """Every ``ab_review_interval_s``, request what the reports of ``act``-marked A/B tests
+    call for (:func:`undertow.services.experiments.review.review`)."""
+    from undertow.services.experiments.review import review
+
+    settings = context.settings
+    codec = AvroCodec()
+    while not stop.wait(settings.ab_review_interval_s):
+        try:
+            requests = review(
+                context.registry.load(),
+                context.warehouse(),
+                alpha=settings.ab_alpha,
+                min_samples=settings.ab_min_samples,
+            )
+            if requests:
+                publish(
+                    bootstrap,
+                    settings.actions_topic,
+                    [(str(r["target"]).encode(), codec.encode("action", r)) for r in requests],
+                )
+        except (UndertowError, OSError) as exc:  # the next round tries again
+            log.warning("A/B review failed: %s", exc)
+
+
 def run_service(
     settings: ActionSettings,
     stop: threading.Event,
@@ -317,6 +342,15 @@ def run_service(
         )
         for c in consumers
     ]
+    if settings.ab_review_interval_s > 0:
+        threads.append(
+            threading.Thread(
+                target=review_experiments,
+                args=(context, bootstrap, stop),
+                name="actions-ab-review",
+                daemon=True,
+            )
+        )
     for t in threads:
         t.start()
     try:

@@ -36,6 +36,11 @@ class ActionSettings(BaseSettings):
     workers: str = Field(
         default="rollback,promote,fine_tune", description="comma-separated action types to run"
     )
+    # A/B tests started with --act: their reports are read this often and a decision is
+    # requested as a promote action (services/experiments/review.py); 0 turns it off.
+    ab_review_interval_s: float = Field(default=300.0, ge=0)
+    ab_alpha: float = Field(default=0.05, gt=0, lt=1)
+    ab_min_samples: int = Field(default=100, ge=2)
     mirror_registry: bool = Field(
         default=True, description="mirror the registry topic into the ClickHouse registry table"
     )

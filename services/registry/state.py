@@ -113,6 +113,7 @@ class Experiment:
     split_by: str
     control: str
     status: str
+    act: bool = False
 
     @classmethod
     def from_version(cls, v: Version) -> Experiment:
@@ -128,6 +129,7 @@ class Experiment:
             split_by=meta.get("split_by", "user"),
             control=meta.get("control", next(iter(variants), "")),
             status=v.status,
+            act=meta.get("act") == "true",
         )
 
 
@@ -591,11 +593,13 @@ def start_experiment(
     split_by: str = "user",
     label: str = DEFAULT_LABEL,
     control: str | None = None,
+    act: bool = False,
     now: int,
 ) -> list[dict[str, Any]]:
     """Start an A/B test: requests for ``prompt`` at ``label`` get one of ``variants``
     (variant name to prompt version), sticky per user or session, in proportion to
-    ``weights`` (equal by default)."""
+    ``weights`` (equal by default). With ``act``, the action service acts on the test's
+    report by itself: it promotes a winner, or keeps the control, and ends the test."""
     _check_name(test)
     if len(variants) < 2:
         raise RegistryError(f"an A/B test needs at least two variants, got {dict(variants)}")
@@ -633,6 +637,7 @@ def start_experiment(
             "label": label,
             "control": control,
             "started_at": str(now),
+            "act": "true" if act else "false",
         },
     )
     return [build_record(v, now=now)]

@@ -3,7 +3,9 @@ ClickHouse (written by the worker's own sink), the report read back through the 
 
 Variant b's answers are rated better by users (80% thumbs up against 50%) and by the judge,
 at the same cost: the report promotes b, and ``--act`` requests the promotion as an action.
-On a copy where both variants are rated alike it continues.
+On a copy where both variants are rated alike it continues. A test started with ``act`` ends
+itself: the action service reviews it, requests the promotion and the promote worker moves the
+label and stops the test.
 """
 
 from __future__ import annotations
@@ -11,22 +13,27 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from undertow.infra.process import wait_until
 from undertow.infra.stack import StackInfo
 from undertow.registry_cli import ab_app
 from undertow.schemas.codec import AvroCodec
 from undertow.schemas.events import event, new_trace_id
 from undertow.schemas.topics import ACTIONS
+from undertow.services.actions.service import run_service
+from undertow.services.actions.settings import ActionSettings
 from undertow.services.bus import end_offsets, read_range
 from undertow.services.registry.client import RegistryClient
-from undertow.services.registry.state import push_prompt, start_experiment
+from undertow.services.registry.state import RegistryState, push_prompt, start_experiment
 from undertow.services.warehouse.client import connect
 from undertow.settings import StackSettings
 from undertow.streams.scored import Scored
@@ -148,3 +155,59 @@ def test_the_report_decides_from_the_warehouse(
         assert promote["parameters"]["version"] == "2"
     else:
         assert mine == []
+
+
+def test_a_test_marked_act_ends_itself_with_its_winner(
+    stack: StackInfo, database: str, tmp_path: Path
+) -> None:
+    test, prompt = f"tone-auto-{RUN}", f"greeting-auto-{RUN}"
+    registry = RegistryClient(stack.bootstrap_servers)
+    now = time.time_ns() // 1000
+    registry.publish(push_prompt(registry.load(), prompt, "Hi.", labels=["production"], now=now))
+    registry.publish(push_prompt(registry.load(), prompt, "Hello there.", now=now + 1))
+    registry.publish(
+        start_experiment(registry.load(), prompt, test, {"a": "1", "b": "2"}, act=True, now=now + 2)
+    )
+    client = connect(stack.clickhouse_url, database=database)
+    sink = EventSink(lambda: client)
+    try:
+        assert not asyncio.run(sink.write(traffic(test, prompt, {"a": 0.5, "b": 0.8}, 3))).rejected
+    finally:
+        sink.close()
+
+    settings = ActionSettings(
+        group_prefix=f"ab-auto-{RUN}",
+        workers="promote",
+        ab_review_interval_s=1,
+        mirror_registry=False,
+        finetune_output_dir=tmp_path,
+    )
+    stop = threading.Event()
+    service = threading.Thread(
+        target=run_service,
+        args=(settings, stop),
+        kwargs={
+            "bootstrap": stack.bootstrap_servers,
+            "warehouse": lambda: connect(stack.clickhouse_url, database=database),
+        },
+        daemon=True,
+    )
+    service.start()
+    try:
+
+        def ended() -> RegistryState | None:
+            state = registry.load()
+            return state if state.experiment(prompt, "production") is None else None
+
+        state = wait_until(ended, 90, "the A/B test ending itself")
+    finally:
+        stop.set()
+        service.join(60)
+    assert state.prompt(prompt).version == "2"  # the winner holds the label
+    rows = client.query(
+        "SELECT phase, parameters['ab_decision'], parameters['version'] FROM actions FINAL "
+        "WHERE target = {prompt:String} ORDER BY ingested_at",
+        parameters={"prompt": prompt},
+    ).result_rows
+    assert [r[0] for r in rows] == ["requested", "started", "succeeded"], rows
+    assert {(r[1], r[2]) for r in rows} == {("promote", "2")}
