@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from itertools import pairwise
 from typing import Any
 
 from undertow.streams.drift.base import DriftError
@@ -99,4 +100,35 @@ def load_topics(topics: Iterable[str], exclude: Iterable[str] = ()) -> list[Utte
     return out
 
 
-__all__ = ["ASSISTANT_TOPICS", "GENERAL_TOPICS", "Utterance", "available_topics", "load_topics"]
+def load_pairs(topics: Iterable[str]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of ``topics``: each line of a conversation and the line that
+    follows it, distinct by question, in file order (a demo's prompts and completions)."""
+    import yaml
+
+    root = _english()
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
+    for topic in topics:
+        path = root / f"{topic}.yml"
+        if not path.is_file():
+            raise DriftError(
+                f"expected a chatterbot topic, one of {available_topics()}; got {topic!r}"
+            )
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for conversation in data.get("conversations") or []:
+            lines = [str(line).strip() for line in conversation]
+            for question, answer in pairwise(lines):
+                if question not in seen and any(c.isalnum() for c in question + answer):
+                    seen.add(question)
+                    out.append((question, answer))
+    return out
+
+
+__all__ = [
+    "ASSISTANT_TOPICS",
+    "GENERAL_TOPICS",
+    "Utterance",
+    "available_topics",
+    "load_pairs",
+    "load_topics",
+]
