@@ -17,6 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 CHECKER_SRC = ROOT / "infra" / "composecheck"
+PROFILES = ("demo", "gpu", "pipeline", "dashboards")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ def _config(checker: Path, *profiles: str, env: dict[str, str] | None = None) ->
     args = [str(checker), str(ROOT / "docker-compose.yml")]
     for profile in profiles:
         args += ["--profile", profile]
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")}
+    clean_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CLICKHOUSE_", "GRAFANA_"))
+    }
     result = subprocess.run(
         args, capture_output=True, text=True, cwd=ROOT, env={**clean_env, **(env or {})}
     )
@@ -54,7 +57,7 @@ def _config(checker: Path, *profiles: str, env: dict[str, str] | None = None) ->
 
 
 def test_compose_file_loads_with_every_profile(composecheck: Path) -> None:
-    config = _config(composecheck, "demo", "gpu", "pipeline")
+    config = _config(composecheck, *PROFILES)
     assert set(config["services"]) == {
         "kafka",
         "clickhouse",
@@ -63,6 +66,7 @@ def test_compose_file_loads_with_every_profile(composecheck: Path) -> None:
         "vllm",
         "gateway",
         "judge",
+        "grafana",
         *("ingest", "drift", "policy", "actions", "alerts"),
     }
     judge_env = config["services"]["judge"]["environment"]
@@ -81,7 +85,7 @@ def test_default_profile_is_the_stack_without_gpu(composecheck: Path) -> None:
 
 
 def test_every_published_port_is_on_loopback(composecheck: Path) -> None:
-    config = _config(composecheck, "demo", "gpu", "pipeline")
+    config = _config(composecheck, *PROFILES)
     published = [
         port for service in config["services"].values() for port in service.get("ports", [])
     ]
@@ -97,3 +101,26 @@ def test_secrets_come_from_the_environment(composecheck: Path) -> None:
         "s3cret-from-env"
     )
     assert setup_env["UNDERTOW_BOOTSTRAP_SERVERS"] == "kafka:9092"
+
+
+def test_grafana_is_on_loopback_with_its_password_from_the_environment(
+    composecheck: Path,
+) -> None:
+    env = {"GRAFANA_ADMIN_PASSWORD": "g-from-env", "CLICKHOUSE_PASSWORD": "s3cret-from-env"}
+    grafana = _config(composecheck, "dashboards", env=env)["services"]["grafana"]
+    assert grafana["profiles"] == ["dashboards"]
+    assert grafana["image"].startswith("grafana/grafana-oss:1")
+    assert [(p["host_ip"], p["published"], p["target"]) for p in grafana["ports"]] == [
+        ("127.0.0.1", "3000", 3000)
+    ]
+    grafana_env = grafana["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == "g-from-env"
+    assert grafana_env["CLICKHOUSE_PASSWORD"] == "s3cret-from-env"  # read by the data source
+    assert "grafana-clickhouse-datasource" in grafana_env["GF_PLUGINS_PREINSTALL_SYNC"]
+    mounts = {v["target"]: v["source"] for v in grafana["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/grafana/provisioning"] == str(ROOT / "infra" / "grafana" / "provisioning")
+    assert mounts["/var/lib/grafana/dashboards/undertow"] == str(
+        ROOT / "infra" / "grafana" / "dashboards"
+    )
+    default = _config(composecheck, env=env)
+    assert "grafana" not in default["services"]
