@@ -68,6 +68,10 @@ class RollbackWorker(ActionWorker):
                 f"prompt {target} label {label} moved back from version {current} to {previous}",
                 {"from_version": current, "to_version": previous, "label": label},
             )
+        named = (request.get("parameters") or {}).get("version")
+        if named is not None and not str(named).strip():
+            # A rule's "{group field}" that came out empty: rolling back blind is not safe.
+            return Outcome("failed", "the request names an empty version: nothing rolled back")
         plan = rollback_model(
             state,
             target,
