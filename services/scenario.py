@@ -145,6 +145,21 @@ class PlannedTrace:
     events: list[dict[str, Any]]
 
 
+class _Draw:
+    """Items of a pool in a seeded random order, without replacement until it is used up."""
+
+    def __init__(self, pool: Sequence[tuple[str, str]], rng: random.Random) -> None:
+        self.pool = pool
+        self.rng = rng
+        self.order: list[int] = []
+
+    def next(self) -> tuple[str, str]:
+        if not self.order:
+            self.order = list(range(len(self.pool)))
+            self.rng.shuffle(self.order)
+        return self.pool[self.order.pop()]
+
+
 class Scenario:
     """Phases of traffic over texts, seeded, starting at ``start`` in event time."""
 
@@ -190,19 +205,28 @@ class Scenario:
         return out
 
     def traces(self) -> Iterator[PlannedTrace]:
-        """Every trace, in event-time order."""
+        """Every trace, in event-time order.
+
+        Conversation pairs are drawn without replacement (a seeded shuffle of each pool, again
+        once used up): traffic after the baseline brings questions the baseline has not seen,
+        as real traffic does, not copies of the ones it has, whose distances to the baseline
+        would be zero and look like a change.
+        """
         rng = random.Random(self.seed)
+        draws = {"usual": _Draw(self.texts.usual, rng), "other": _Draw(self.texts.other, rng)}
         at, index = self.start, 0
         for phase in self.phases:
             for _ in range(phase.traces):
-                yield PlannedTrace(index, phase.kind, at, self._trace(rng, phase, at))
+                pool = draws["other" if phase.kind == "topic_shift" else "usual"]
+                yield PlannedTrace(index, phase.kind, at, self._trace(rng, pool, phase, at))
                 at += timedelta(seconds=phase.spacing_s)
                 index += 1
 
-    def _trace(self, rng: random.Random, phase: Phase, at: datetime) -> list[dict[str, Any]]:
+    def _trace(
+        self, rng: random.Random, pool: _Draw, phase: Phase, at: datetime
+    ) -> list[dict[str, Any]]:
         texts = self.texts
-        pool = texts.other if phase.kind == "topic_shift" else texts.usual
-        question, answer = pool[rng.randrange(len(pool))]
+        question, answer = pool.next()
         model = self.model
         if phase.kind == "injection":
             question = texts.attacks[rng.randrange(len(texts.attacks))]
