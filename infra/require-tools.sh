@@ -13,6 +13,9 @@ fi
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 # curl: the tests query the warehouse with it, as users do.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# chromium: the dashboard's browser tests (tests/integration/test_ui.py) drive the system's
+# headless Chromium at this path through Playwright; no browser is ever downloaded.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 # Go 1.23+: the tests build infra/composecheck (compose-go, the loader behind `docker compose
 # config`). Distribution packages are often older (Debian bookworm: 1.19), so a missing or
@@ -53,7 +56,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-  echo "missing: ${missing[*]} (the local Kafka broker runs on Java 17+, its jars come through Maven)." >&2
+  echo "missing: ${missing[*]} (the local Kafka broker runs on Java 17+, its jars come through Maven;" >&2
+  echo "the dashboard's browser tests run /usr/bin/chromium)." >&2
   echo "Install them with your package manager, e.g. sudo apt-get install ${missing[*]}" >&2
   exit 1
 fi

@@ -6,6 +6,7 @@ import csv
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -17,6 +18,7 @@ from undertow.baseline_cli import baseline_app
 from undertow.errors import UndertowError
 from undertow.registry_cli import ab_app, actions_app, prompts_app, registry_app
 from undertow.settings import StackSettings
+from undertow.ui_cli import ui
 
 app = typer.Typer(
     help="Undertow: a streaming monitor for LLM applications (Kafka, Faust, river, ClickHouse).",
@@ -36,6 +38,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(ab_app, name="ab")
 app.add_typer(actions_app, name="actions")
+app.command("ui")(ui)
 console = Console()
 
 
@@ -113,17 +116,25 @@ def infra_down() -> None:
 
 @app.command()
 def demo(
-    traces: Annotated[int, typer.Option(min=1, help="sample traces to publish")] = 100,
-    seed: Annotated[int, typer.Option(help="seed of the sample traffic")] = 7,
+    seed: Annotated[int, typer.Option(help="seed of the scenario's traffic")] = 7,
+    scale: Annotated[
+        float, typer.Option(min=0.1, max=10, help="multiplies the scenario's trace counts")
+    ] = 1.0,
+    report: Annotated[
+        Path | None, typer.Option(help="where to write the HTML report (default: the run's folder)")
+    ] = None,
 ) -> None:
-    """Run the main job: publish sample traffic, read it back from Kafka and ClickHouse.
+    """Run the main job: the whole pipeline on the local stack, with planted incidents.
 
-    Starts the local stack first (or finds it running) and leaves it running.
+    Starts the local stack (or finds it running) and leaves it running; starts the workers,
+    the action and alert services and the gateway for the run, plays a support assistant's
+    traffic with a topic shift, an injection burst, rude answers, a cost spike and a bad model
+    version, and shows what was caught, paged and done. Exits 1 if an incident was missed.
     """
     from undertow.demo import run_demo
 
-    report = run_demo(StackSettings(), traces=traces, seed=seed, console=console)
-    if not report.complete:
+    result = run_demo(StackSettings(), seed=seed, scale=scale, report_path=report, console=console)
+    if result.caught < len(result.outcomes):
         raise typer.Exit(1)
 
 
