@@ -1,123 +1,190 @@
-"""The main job on the local stack: publish sample traffic, read it back from Kafka and
-ClickHouse, and show what arrived.
+"""The main job a newcomer sees: the whole pipeline on the local stack, with planted incidents.
 
-For now the path into the warehouse is a direct load of the consumed records (the Faust
-sink replaces it with scored, batched, exactly-once writes). Every run tags its events with a
-run id, so counts are exact even when earlier runs left data behind.
+``undertow demo`` starts the local stack (Kafka broker, ClickHouse engine), the stream workers
+(ingest with the real scorers, drift, policy), the action workers, alert delivery to local
+Slack, PagerDuty and webhook receivers, and the gateway serving SmolLM2 from the registry. It
+then plays :mod:`undertow.services.scenario` traffic, a support assistant's, replayed in
+compressed event time:
+
+1. the usual traffic, from which a drift baseline is built (``undertow baseline build``);
+2. more usual traffic, then a topic shift, a burst of prompt-injection attempts, rude answers
+   and a cost spike from long pasted documents;
+3. through the gateway: a LoRA version of the model is promoted and users rate it badly; the
+   policy requests a rollback and the gateway serves the previous version again.
+
+It shows live progress, then each planted incident, whether and when it was caught, the alert
+delivered, the action taken and the SQL to look at it, and writes a self-contained HTML
+report. The stack stays up afterwards (``undertow infra down`` stops it); the demo's workers
+stop when it ends.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import threading
 import time
 import uuid
-from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
+from undertow.errors import UndertowError
+from undertow.infra.process import ManagedProcess, free_port, wait_until
 from undertow.infra.stack import LocalStack, StackInfo
 from undertow.schemas import topics
 from undertow.schemas.codec import AvroCodec
-from undertow.schemas.events import event_type
-from undertow.services.bus import end_offsets, publish, read_range
-from undertow.services.traffic import sample_traces
-from undertow.services.warehouse.rows import insert_events
+from undertow.services.alerts.receiver import PagerDutyReceiver, SlackReceiver, WebhookReceiver
+from undertow.services.bus import publish
+from undertow.services.scenario import Phase, PlannedTrace, Scenario, ScenarioTexts
 from undertow.settings import StackSettings
+
+APP = "support-bot"  # the scenario's traffic
+CHAT_APP = "support-chat"  # the traffic through the gateway
+MODEL = "SmolLM2-135M-Instruct"
+ROUTING_KEY = "DemoRoutingKey0123456789abcdefgh"
+WEBHOOK_SECRET = "demo-webhook-secret-0123456789abcd"
+# The demo's rules: the shipped ones' kinds with windows short enough for compressed time.
+DEMO_RULES: dict[str, Any] = {
+    "version": 1,
+    # Replayed traffic arrives with its event times interleaved across the topic's partitions
+    # by up to a chunk's span (10 traces, tens of seconds): events later than this are ignored.
+    "allowed_lateness": "2m",
+    "idle_after": "15s",
+    "rules": [
+        {
+            "name": "prompt_injection",
+            "kind": "event",
+            # 0.95, not the shipped 0.8: the injection probe scores some ordinary chat between
+            # 0.8 and 0.95 (20 of 588 support questions above 0.8, none above 0.95).
+            "description": "A prompt scored as a likely prompt-injection attempt.",
+            "value": "scores.injection",
+            "threshold": 0.95,
+            "filters": {"event_type": "prompt"},
+            "group_by": ["app", "environment"],
+            "severity": "critical",
+            "clear_after": "2m",
+            "sql": "SELECT event_time, event_id, injection FROM scores FINAL "
+            "WHERE app = {{ app }} AND event_type = 'prompt' AND injection > {{ threshold }} "
+            "AND event_time >= {{ window_start }} AND event_time < {{ window_end }} "
+            "ORDER BY event_time LIMIT 20",
+        },
+        {
+            "name": "toxicity_rate",
+            "kind": "rate",
+            "description": "Share of toxic completions above the limit.",
+            "value": "scores.toxicity",
+            "event_above": 0.5,
+            "threshold": 0.1,
+            "min_count": 20,
+            "window": "2m",
+            "step": "10s",
+            "clear_after": "2m",
+            "filters": {"event_type": "completion"},
+            "group_by": ["app", "environment"],
+            "severity": "warning",
+            "sql": "SELECT toStartOfMinute(event_time) AS minute, count() AS completions, "
+            "countIf(toxicity > {{ event_above }}) AS toxic FROM scores FINAL "
+            "WHERE app = {{ app }} AND event_type = 'completion' "
+            "AND event_time >= {{ window_start }} AND event_time < {{ window_end }} "
+            "GROUP BY minute ORDER BY minute",
+        },
+        {
+            "name": "spend_spike",
+            "kind": "budget",
+            "description": "Model spend over two minutes above the budget (USD).",
+            "value": "cost_usd",
+            "threshold": 0.05,
+            "window": "2m",
+            "step": "10s",
+            "clear_after": "2m",
+            "filters": {"event_type": "completion"},
+            "group_by": ["app", "environment"],
+            "severity": "warning",
+            "sql": "SELECT model, count() AS completions, sum(tokens) AS tokens, "
+            "round(sum(cost_usd), 4) AS spend_usd FROM scores FINAL "
+            "WHERE app = {{ app }} AND event_type = 'completion' "
+            "AND event_time >= {{ window_start }} AND event_time < {{ window_end }} "
+            "GROUP BY model ORDER BY spend_usd DESC",
+        },
+        {
+            "name": "drift_detected",
+            "kind": "drift",
+            "description": "A drift detector flagged a change against the baseline.",
+            "group_by": ["segment", "stream"],
+            "severity": "warning",
+            "clear_after": "5m",
+            "sql": "SELECT event_time, detector, statistic, threshold, nearest_topics "
+            "FROM drift FINAL WHERE segment = {{ segment }} AND stream = {{ stream }} "
+            "ORDER BY event_time",
+        },
+        {
+            "name": "bad_feedback",
+            "kind": "rate",
+            "description": "Too many answers rated badly by users.",
+            "value": "scores.feedback",
+            "event_below": 0.5,
+            "threshold": 0.4,
+            "min_count": 8,
+            "window": "2m",
+            "step": "5s",
+            "clear_after": "5m",
+            "filters": {"event_type": "feedback", "app": CHAT_APP},
+            "group_by": ["app", "environment", "attributes.model_version"],
+            "severity": "error",
+            "actions": [
+                {
+                    "type": "rollback",
+                    "target": MODEL,
+                    "parameters": {"version": "{attributes.model_version}"},
+                }
+            ],
+        },
+    ],
+}
+
+
+class DemoError(UndertowError):
+    """The demo could not run to its end (a component failed to start or died)."""
 
 
 @dataclass
-class DemoReport:
-    """What one demo run sent and found, for the console and for tests."""
+class Counts:
+    """What the warehouse holds of this run, refreshed while the demo runs."""
+
+    sent: int = 0
+    stored: int = 0
+    scored: int = 0
+    detections: int = 0
+    alerts: int = 0
+    actions: int = 0
+    phase: str = "starting"
+
+
+@dataclass
+class DemoResult:
+    """The run's figures and each incident's outcome (``undertow.report.IncidentOutcome``)."""
 
     run_id: str
-    sent: int
-    sent_by_type: dict[str, int]
-    read_from_kafka: int
-    stored: int
-    stored_by_type: dict[str, int]
-    seconds: dict[str, float] = field(default_factory=dict)
-    stack: StackInfo | None = None
+    seconds: float
+    counts: Counts
+    outcomes: list[Any] = field(default_factory=list)
+    report: Path | None = None
+    rollback_seconds: float | None = None
+    false_alarms: list[str] = field(default_factory=list)
 
     @property
-    def complete(self) -> bool:
-        return self.sent == self.read_from_kafka == self.stored
-
-
-def run_demo(
-    settings: StackSettings, traces: int = 100, seed: int = 7, console: Console | None = None
-) -> DemoReport:
-    """Start (or find) the stack and push ``traces`` sample traces through it."""
-    out = console or Console()
-    stack = LocalStack(settings)
-    seconds: dict[str, float] = {}
-
-    began = time.monotonic()
-    with out.status("Starting the local stack (Kafka broker, ClickHouse engine)..."):
-        info = stack.up()
-    seconds["stack_up"] = time.monotonic() - began
-    out.print(stack_table(info))
-
-    run_id = uuid.uuid4().hex[:12]
-    codec = AvroCodec.for_registry(settings.schema_registry_url)
-    records = list(
-        sample_traces(traces, seed=seed, app="support-bot", attributes={"demo_run": run_id})
-    )
-    sent_by_type = Counter(event_type(r) for r in records)
-    payloads = [(r["trace_id"].encode(), codec.encode("event", r)) for r in records]
-
-    began = time.monotonic()
-    start = end_offsets(info.bootstrap_servers, topics.EVENTS)
-    publish(info.bootstrap_servers, topics.EVENTS, payloads)
-    seconds["publish"] = time.monotonic() - began
-    out.print(
-        f"[bold]Published[/] {len(payloads)} events ({_counts(sent_by_type)}) "
-        f"to [cyan]{topics.EVENTS}[/] in {seconds['publish']:.2f} s"
-    )
-
-    began = time.monotonic()
-    end = end_offsets(info.bootstrap_servers, topics.EVENTS)
-    consumed = read_range(info.bootstrap_servers, topics.EVENTS, start, end)
-    decoded = [(m, codec.decode(m.value, "event").record) for m in consumed]
-    ours = [(m, r) for m, r in decoded if r["attributes"].get("demo_run") == run_id]
-    seconds["consume"] = time.monotonic() - began
-    out.print(
-        f"[bold]Read back[/] {len(ours)} events from Kafka "
-        f"({len({m.partition for m, _ in ours})} partitions) in {seconds['consume']:.2f} s"
-    )
-
-    began = time.monotonic()
-    client = stack.client(info.clickhouse_url)
-    insert_events(client, [(r, m.topic, m.partition, m.offset) for m, r in ours])
-    result = client.query(
-        "SELECT event_type, count() AS events, uniqExact(trace_id) AS traces "
-        "FROM events FINAL WHERE attributes['demo_run'] = {run:String} "
-        "GROUP BY event_type ORDER BY event_type",
-        parameters={"run": run_id},
-    )
-    stored_by_type = {row[0]: int(row[1]) for row in result.result_rows}
-    seconds["store"] = time.monotonic() - began
-
-    report = DemoReport(
-        run_id=run_id,
-        sent=len(records),
-        sent_by_type=dict(sent_by_type),
-        read_from_kafka=len(ours),
-        stored=sum(stored_by_type.values()),
-        stored_by_type=stored_by_type,
-        seconds=seconds,
-        stack=info,
-    )
-    out.print(arrival_table(report))
-    verdict = "all arrived" if report.complete else "EVENTS MISSING"
-    out.print(
-        f"[bold]Sent {report.sent}, read back {report.read_from_kafka} from Kafka, "
-        f"stored {report.stored} in ClickHouse: {verdict}[/]"
-    )
-    out.print(_sample_trace(client, run_id))
-    _next_steps(out, info, run_id)
-    return report
+    def caught(self) -> int:
+        return sum(1 for o in self.outcomes if o.caught_at is not None)
 
 
 def stack_table(info: StackInfo) -> Table:
@@ -156,59 +223,648 @@ def stack_table(info: StackInfo) -> Table:
     return table
 
 
-def arrival_table(report: DemoReport) -> Table:
-    """Sent, read from Kafka and stored in ClickHouse, by event type."""
-    table = Table(title=f"What arrived (run {report.run_id})")
-    table.add_column("event type")
-    table.add_column("sent", justify="right")
-    table.add_column("in ClickHouse", justify="right")
-    for kind in sorted(set(report.sent_by_type) | set(report.stored_by_type)):
-        table.add_row(
-            kind, str(report.sent_by_type.get(kind, 0)), str(report.stored_by_type.get(kind, 0))
+def scenario_phases(scale: float = 1.0) -> list[Phase]:
+    """The demo's phases; ``scale`` multiplies the trace counts."""
+
+    def n(count: int) -> int:
+        return max(1, round(count * scale))
+
+    # The usual pool has 588 support conversations, drawn without replacement: these phases
+    # use 560 of them, so no question comes back (a copy looks like a change to the detector).
+    return [
+        Phase("stable", n(330), spacing_s=1.0),
+        Phase("stable", n(130), spacing_s=1.0),
+        Phase("topic_shift", n(300), spacing_s=1.0),
+        Phase("injection", n(15), spacing_s=2.0),
+        Phase("toxicity", n(50), spacing_s=1.0),
+        Phase("cost_spike", n(30), spacing_s=3.0),
+        Phase("stable", n(20), spacing_s=1.0),
+    ]
+
+
+class Components:
+    """The demo's processes (workers, action service, alert delivery, gateway) and receivers."""
+
+    def __init__(self, home: Path, run_dir: Path) -> None:
+        self.home = home
+        self.run_dir = run_dir
+        self.processes: dict[str, ManagedProcess] = {}
+        self.slack = SlackReceiver()
+        self.pagerduty = PagerDutyReceiver(routing_key=ROUTING_KEY)
+        self.webhook = WebhookReceiver(WEBHOOK_SECRET)
+        self.gateway_url = ""
+
+    def start(self, rules: Path) -> None:
+        for receiver in (self.slack, self.pagerduty, self.webhook):
+            receiver.start()
+        fast = {
+            "UNDERTOW_WORKER_SESSION_TIMEOUT_S": "6",
+            "UNDERTOW_WORKER_HEARTBEAT_INTERVAL_S": "1",
+            "UNDERTOW_WORKER_BASELINE_POLL_S": "1",
+            "UNDERTOW_WORKER_CHECKPOINT_INTERVAL_S": "1",
+            "UNDERTOW_WORKER_RULES_FILE": str(rules),
+        }
+        for role in ("ingest", "drift", "policy"):
+            self._spawn(role, ["worker", "--role", role], fast)
+        self._spawn("actions", ["actions", "serve", "--worker", "rollback"], {})
+        self._spawn(
+            "alerts",
+            ["alerts", "serve"],
+            {
+                "UNDERTOW_ALERTS_SLACK_WEBHOOK_URL": self.slack.url,
+                "UNDERTOW_ALERTS_PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
+                "UNDERTOW_ALERTS_PAGERDUTY_EVENTS_URL": self.pagerduty.url,
+                "UNDERTOW_ALERTS_WEBHOOK_URL": self.webhook.url,
+                "UNDERTOW_ALERTS_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "UNDERTOW_ALERTS_GROUP_WINDOW_S": "2",
+            },
         )
-    verdict = "[green]all arrived[/]" if report.complete else "[red]MISSING EVENTS[/]"
-    table.add_row(
-        f"[bold]total[/] ({verdict})",
-        str(report.sent),
-        str(report.stored),
-        end_section=True,
+        port = free_port()
+        self._spawn(
+            "gateway",
+            ["gateway"],
+            {"UNDERTOW_GATEWAY_PORT": str(port), "UNDERTOW_GATEWAY_APP_NAME": CHAT_APP},
+        )
+        self.gateway_url = f"http://127.0.0.1:{port}"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        process = ManagedProcess(name, self.run_dir)
+        environment = {**os.environ, "UNDERTOW_HOME": str(self.home), **env}
+        process.spawn([sys.executable, "-m", "undertow.cli", *args], {}, env=environment)
+        self.processes[name] = process
+
+    def check(self) -> None:
+        """Raise if a component died (with the end of its log)."""
+        for name, process in self.processes.items():
+            if process.record() is None:
+                raise DemoError(f"the {name} process stopped:\n{process.log_tail(20)}")
+
+    def delivered(self, rule: str) -> tuple[str, ...]:
+        """The channels whose receiver got a page naming ``rule``."""
+        out = []
+        for name, receiver in (
+            ("slack", self.slack),
+            ("pagerduty", self.pagerduty),
+            ("webhook", self.webhook),
+        ):
+            if any(rule in json.dumps(r.payload, default=str) for r in receiver.accepted):
+                out.append(name)
+        return tuple(out)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop(timeout=20)
+        for receiver in (self.slack, self.pagerduty, self.webhook):
+            receiver.stop()
+
+
+class Monitor:
+    """Polls the warehouse for this run's counts and renders them live."""
+
+    def __init__(self, warehouse: Callable[[], Any], since: datetime, console: Console) -> None:
+        self.warehouse = warehouse
+        self.since = since
+        self.console = console
+        self.counts = Counts()
+        self._stop = threading.Event()
+
+    def refresh(self) -> Counts:
+        client = self.warehouse()
+        params = {"apps": [APP, CHAT_APP], "since": self.since}
+
+        def count(table: str, where: str = "") -> int:
+            sql = (
+                f"SELECT count() FROM {table} WHERE app IN {{apps:Array(String)}} "
+                f"AND event_time >= {{since:DateTime64(6)}} {where}"
+            )
+            return int(client.query(sql, parameters=params).result_rows[0][0])
+
+        c = self.counts
+        c.stored = count("events")
+        c.scored = count("scores")
+        c.detections = count("drift FINAL", "AND detected")
+        c.alerts = count("alerts FINAL", "AND status = 'firing'")
+        c.actions = count("actions FINAL", "AND phase != 'requested'")
+        return c
+
+    def table(self) -> Table:
+        c = self.counts
+        table = Table(
+            "phase",
+            "events sent",
+            "stored",
+            "scored",
+            "drift detections",
+            "alerts",
+            "action answers",
+        )
+        table.add_row(
+            c.phase,
+            str(c.sent),
+            str(c.stored),
+            str(c.scored),
+            str(c.detections),
+            str(c.alerts),
+            str(c.actions),
+        )
+        return table
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        with Live(
+            self.table(), console=self.console, refresh_per_second=2, transient=False
+        ) as live:
+
+            def loop() -> None:
+                while not self._stop.wait(1.0):
+                    try:
+                        self.refresh()
+                    except Exception:  # the next refresh tries again
+                        continue
+                    live.update(self.table())
+
+            thread = threading.Thread(target=loop, daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                self._stop.set()
+                thread.join(5)
+                live.update(self.table())
+
+
+def _publish(bootstrap: str, traces: Sequence[PlannedTrace], codec: AvroCodec) -> int:
+    records = [
+        (str(e["trace_id"]).encode(), codec.encode("event", e)) for t in traces for e in t.events
+    ]
+    return publish(bootstrap, topics.EVENTS, records)
+
+
+def _cli(home: Path, *args: str, timeout: float = 300) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "undertow.cli", *args],
+        env={**os.environ, "UNDERTOW_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    return table
+    if done.returncode != 0:
+        raise DemoError(f"undertow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
 
 
-def _sample_trace(client: Any, run_id: str) -> Table:
-    rows = client.query(
-        "SELECT event_time, event_type, span_id, parent_span_id, "
-        "multiIf(event_type = 'completion', concat(model, ', ', toString(output_tokens), "
-        "' tokens, ', toString(round(latency_ms)), ' ms'), "
-        "event_type = 'retrieval', concat(retrieval_store, ', ', "
-        "toString(length(retrieval_documents)), ' documents'), "
-        "event_type = 'feedback', concat('score ', toString(feedback_score)), "
-        "tupleElement(prompt_messages[-1], 'content')) AS summary "
-        "FROM events FINAL WHERE trace_id = (SELECT any(trace_id) FROM events "
-        "WHERE attributes['demo_run'] = {run:String} AND event_type = 'feedback') "
-        "ORDER BY event_time",
-        parameters={"run": run_id},
+def run_demo(
+    settings: StackSettings,
+    *,
+    seed: int = 7,
+    scale: float = 1.0,
+    report_path: Path | None = None,
+    console: Console | None = None,
+) -> DemoResult:
+    """Run the whole demo; returns its figures and outcomes."""
+    console = console or Console()
+    began = time.monotonic()
+    run_id = uuid.uuid4().hex[:8]
+    stack = LocalStack(settings)
+    with console.status("Starting the local stack..."):
+        info = stack.up()
+    console.print(stack_table(info))
+    run_dir = settings.home / "demo" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rules = run_dir / "rules.json"
+    rules.write_text(json.dumps(DEMO_RULES, indent=2))
+    client_local = threading.local()
+
+    def warehouse() -> Any:
+        if getattr(client_local, "client", None) is None:
+            client_local.client = stack.client(info.clickhouse_url)
+        return client_local.client
+
+    texts = ScenarioTexts.load()
+    phases = scenario_phases(scale)
+    duration = sum((timedelta(seconds=p.traces * p.spacing_s) for p in phases), timedelta())
+    start = datetime.now(UTC) - duration - timedelta(minutes=2)
+    scenario = Scenario(phases, texts, seed=seed, app=APP, start=start)
+    traces = list(scenario.traces())
+    components = Components(settings.home, run_dir)
+    monitor = Monitor(warehouse, start, console)
+    result = DemoResult(run_id, 0.0, monitor.counts)
+    try:
+        _register(settings.home, run_dir)
+        components.start(rules)
+        console.print(f"workers, actions, alerts and the gateway starting (logs in {run_dir})")
+        with monitor.live():
+            _play(info, scenario, traces, components, monitor, settings.home)
+            result.rollback_seconds = _quality_regression(info, components, monitor, warehouse)
+            monitor.counts.phase = "settling"
+            _settle(monitor, components)
+        result.outcomes = _outcomes(scenario, traces, components, warehouse, result)
+        result.seconds = time.monotonic() - began
+        _summary(console, result)
+        result.report = _report(report_path or run_dir / "report.html", warehouse, scenario, result)
+        console.print(f"report: {result.report}")
+    finally:
+        components.stop()
+    return result
+
+
+def _register(home: Path, run_dir: Path) -> None:
+    """The registry the gateway follows: version 1 of the model serving (registered once per
+    stack), a LoRA version as candidate for this run, and the support prompt."""
+    from undertow.services.registry.client import RegistryClient
+    from undertow.services.registry.state import promote_model, push_model, push_prompt
+
+    settings = StackSettings(home=home)
+    registry = RegistryClient(LocalStack(settings).require().bootstrap_servers)
+
+    def now() -> int:
+        return time.time_ns() // 1000
+
+    state = registry.load()
+    if state.active_model(MODEL) is None:
+        registry.publish(push_model(state, MODEL, base_model=MODEL, now=now()))
+        state = registry.load()
+        first = state.versions("model", MODEL)[-1].version
+        registry.publish(promote_model(state, MODEL, first, now=now()))
+    adapter = run_dir / "adapter"
+    _make_adapter(adapter)
+    registry.publish(
+        push_model(registry.load(), MODEL, base_model=MODEL, adapter_path=str(adapter), now=now())
+    )
+    if "support" not in registry.load().names("prompt"):
+        registry.publish(
+            push_prompt(
+                registry.load(),
+                "support",
+                "You are the support assistant of {product}. Answer briefly and politely.",
+                labels=["production"],
+                now=now(),
+            )
+        )
+
+
+def _make_adapter(folder: Path) -> None:
+    """A LoRA adapter for SmolLM2 with random weights: the 'regressed' version of the model."""
+    from peft import LoraConfig, get_peft_model
+
+    from undertow.services.gateway.backends.local import default_model_source, load_model
+    from undertow.services.gateway.settings import GatewaySettings
+
+    source, gguf = default_model_source()
+    lm = load_model(source, gguf, GatewaySettings().model_cache_dir)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(lm.model, config).save_pretrained(str(folder))
+
+
+def _play(
+    info: StackInfo,
+    scenario: Scenario,
+    traces: list[PlannedTrace],
+    components: Components,
+    monitor: Monitor,
+    home: Path,
+) -> None:
+    """Baseline traffic, the baseline, then the rest of the scenario."""
+    codec = AvroCodec()
+    first = scenario.phases[0].traces
+    counts = monitor.counts
+    counts.phase = "usual traffic (baseline)"
+    for chunk in _chunks(traces[:first], 10):
+        counts.sent += _publish(info.bootstrap_servers, chunk, codec)
+        components.check()
+
+    def scored() -> bool | None:
+        components.check()
+        return monitor.refresh().scored >= counts.sent or None
+
+    wait_until(scored, 600, "the baseline traffic scored and stored")
+    counts.phase = "building the drift baseline"
+    until = traces[first].at
+    _cli(
+        home,
+        "baseline", "build",
+        "--since", scenario.start.isoformat(),
+        "--until", until.isoformat(),
+        "--app", APP,
+        "--target-rate", "1e-4",
+        "--calibration-events", "300000",
+        "--skip-small",
+    )  # fmt: skip
+    drift_log = components.processes["drift"].log_path
+
+    def loaded() -> bool | None:
+        components.check()
+        text = drift_log.read_text(errors="replace")
+        return (
+            any("baselines changed" in line and APP in line for line in text.splitlines()) or None
+        )
+
+    wait_until(loaded, 60, "the drift worker loading the baseline")
+    for phase_traces, label in _by_phase(traces[first:]):
+        counts.phase = label
+        for chunk in _chunks(phase_traces, 10):
+            counts.sent += _publish(info.bootstrap_servers, chunk, codec)
+            components.check()
+
+
+def _chunks(items: list[PlannedTrace], size: int) -> Iterator[list[PlannedTrace]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _by_phase(traces: list[PlannedTrace]) -> Iterator[tuple[list[PlannedTrace], str]]:
+    labels = {
+        "stable": "usual traffic",
+        "topic_shift": "topic shift",
+        "injection": "prompt-injection burst",
+        "toxicity": "rude answers",
+        "cost_spike": "cost spike (long prompts)",
+    }
+    group: list[PlannedTrace] = []
+    for trace in traces:
+        if group and trace.phase != group[-1].phase:
+            yield group, labels[group[-1].phase]
+            group = []
+        group.append(trace)
+    if group:
+        yield group, labels[group[-1].phase]
+
+
+def _quality_regression(
+    info: StackInfo, components: Components, monitor: Monitor, warehouse: Callable[[], Any]
+) -> float | None:
+    """Promote the LoRA version, let users rate it badly through the gateway until the policy's
+    rollback makes the gateway serve the previous version; seconds from the rollback request
+    to the gateway serving it."""
+    from undertow.services.registry.client import RegistryClient
+    from undertow.services.registry.state import promote_model
+    from undertow.services.sdk import SdkConfig, Undertow
+
+    counts = monitor.counts
+    counts.phase = "gateway: starting"
+    http = httpx.Client(base_url=components.gateway_url, timeout=120)
+
+    def health() -> dict[str, Any] | None:
+        components.check()
+        try:
+            body: dict[str, Any] = http.get("/healthz").json()
+        except httpx.TransportError:
+            return None
+        return body if body.get("ready") else None
+
+    wait_until(health, 300, "the gateway loading its model")
+    registry = RegistryClient(info.bootstrap_servers)
+    state = registry.load()
+    bad = state.versions("model", MODEL)[-1]
+    good = state.active_model(MODEL)
+    registry.publish(promote_model(state, MODEL, bad.version, now=time.time_ns() // 1000))
+    wait_until(
+        lambda: ((h := health()) is not None and h.get("model_version") == bad.version) or None,
+        60,
+        f"the gateway serving version {bad.version}",
+    )
+    counts.phase = f"gateway: version {bad.version} (LoRA) rated badly"
+    switched: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set() and not switched:
+            h = health()
+            if h is not None and good is not None and h.get("model_version") == good.version:
+                switched.append(time.time())
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    sdk = Undertow(SdkConfig(app=CHAT_APP, bootstrap_servers=info.bootstrap_servers))
+    deadline = time.monotonic() + 300
+    i = 0
+    try:
+        while time.monotonic() < deadline and not switched:
+            response = http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "max_tokens": 12,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": "How do I reset my password?"}],
+                    "undertow": {
+                        "prompt_name": "support",
+                        "variables": {"product": "Acme Cloud"},
+                        "user": f"user-{i % 9}",
+                    },
+                },
+            )
+            response.raise_for_status()
+            version = response.headers.get("x-undertow-model-version", "")
+            counts.sent += 2
+            if version == bad.version:
+                sdk.record_feedback(
+                    trace_id=response.headers["x-undertow-trace-id"],
+                    score=0.0 if i % 5 else 1.0,
+                    attributes={"model_version": version},
+                )
+                counts.sent += 1
+            i += 1
+    finally:
+        sdk.close()
+        stop.set()
+        watcher.join(5)
+    if not switched:
+        return None
+    rows = (
+        warehouse()
+        .query(
+            "SELECT min(ingested_at) FROM actions FINAL WHERE action_type = 'rollback' "
+            "AND phase = 'requested' AND parameters['version'] = {v:String}",
+            parameters={"v": bad.version},
+        )
+        .result_rows
+    )
+    requested = rows[0][0] if rows and rows[0][0] else None
+    return None if requested is None else round(switched[0] - requested.timestamp(), 2)
+
+
+def _settle(monitor: Monitor, components: Components) -> None:
+    """Wait until everything sent is stored and scored (or two minutes passed)."""
+
+    def done() -> bool | None:
+        components.check()
+        c = monitor.refresh()
+        return (c.stored >= c.sent and c.scored >= c.sent) or None
+
+    try:
+        wait_until(done, 120, "every event stored and scored")
+    except UndertowError:
+        return  # the summary shows the counts as they are
+
+
+def _outcomes(
+    scenario: Scenario,
+    traces: list[PlannedTrace],
+    components: Components,
+    warehouse: Callable[[], Any],
+    result: DemoResult,
+) -> list[Any]:
+    """Each planted incident: caught or not, when, the alert, where it was paged, the action."""
+    from undertow.report import IncidentOutcome
+
+    client = warehouse()
+    outcomes = []
+    incidents = scenario.incidents()
+    ends = [i.started for i in incidents[1:]] + [traces[-1].at]
+    for incident, end in zip(incidents, ends, strict=True):
+        row = client.query(
+            "SELECT min(event_time), argMin(summary, event_time), argMin(ifNull(sql, ''), "
+            "event_time) FROM alerts FINAL WHERE rule = {rule:String} AND status = 'firing' "
+            "AND event_time >= {start:DateTime64(6)}",
+            parameters={"rule": incident.caught_by, "start": incident.started},
+        ).result_rows[0]
+        if incident.caught_by == "drift_detected":
+            # A detection joins a drift incident already open on its stream, so the first
+            # detection after the start is what caught it, alert or not.
+            first = client.query(
+                "SELECT min(event_time), count() FROM drift FINAL WHERE app = {app:String} "
+                "AND detected AND event_time >= {start:DateTime64(6)}",
+                parameters={"app": APP, "start": incident.started},
+            ).result_rows[0]
+            if first[1]:
+                row = (
+                    first[0],
+                    row[1] or "drift detected (the stream's incident was open)",
+                    row[2],
+                )
+        caught = _utc(row[0]) if row[1] else None
+        delay = (
+            sum(1 for t in traces if t.phase == incident.kind and t.at < caught)
+            if caught is not None
+            else None
+        )
+        outcomes.append(
+            IncidentOutcome(
+                kind=incident.kind,
+                description=incident.description,
+                started=incident.started,
+                ended=end,
+                caught_by=incident.caught_by,
+                caught_at=caught,
+                delay_events=delay,
+                alert=row[1] or None,
+                delivered=components.delivered(incident.caught_by) if caught else (),
+                action=None,
+                sql=row[2] or None,
+            )
+        )
+    actions = client.query(
+        "SELECT argMax(phase, ingested_at), argMax(result, ingested_at), min(event_time) "
+        "FROM actions FINAL WHERE action_type = 'rollback' "
+        "GROUP BY ifNull(request_id, toString(event_id)) "
+        "ORDER BY min(event_time) DESC LIMIT 1"
     ).result_rows
-    table = Table(title="One trace, as ClickHouse has it")
-    for col in ("time", "type", "span", "parent"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("summary", overflow="fold", min_width=30)
-    for time_, kind, span, parent, summary in rows:
-        table.add_row(time_.strftime("%H:%M:%S.%f")[:-3], kind, span, parent or "", summary)
-    return table
-
-
-def _next_steps(out: Console, info: StackInfo, run_id: str) -> None:
-    host_port = info.clickhouse_url.split("://", 1)[-1]
-    out.print("\n[bold]Try it yourself[/] (the stack keeps running; stop it: undertow infra down)")
-    out.print(
-        f"  undertow sql \"SELECT event_type, count() FROM events WHERE attributes['demo_run'] = "
-        f"'{run_id}' GROUP BY event_type\""
+    alert = client.query(
+        "SELECT min(event_time), argMin(summary, event_time) FROM alerts FINAL "
+        "WHERE rule = 'bad_feedback' AND status = 'firing'"
+    ).result_rows[0]
+    action = None
+    if actions:
+        phase, answer, _ = actions[0]
+        action = (
+            f"rollback {MODEL} {answer.get('from_version', '?')} -> "
+            f"{answer.get('to_version', '?')}: {phase}"
+        )
+        if result.rollback_seconds is not None:
+            action += f", gateway serving it {result.rollback_seconds} s after the request"
+    outcomes.append(
+        IncidentOutcome(
+            kind="quality_regression",
+            description="a LoRA version of the model is promoted and users rate it badly",
+            started=_utc(alert[0]) if alert[1] else traces[-1].at,
+            ended=datetime.now(UTC),
+            caught_by="bad_feedback",
+            caught_at=_utc(alert[0]) if alert[1] else None,
+            delay_events=None,
+            alert=alert[1] or None,
+            delivered=components.delivered("bad_feedback"),
+            action=action,
+            sql="SELECT event_time, phase, target, parameters, result FROM actions FINAL "
+            "ORDER BY event_time",
+        )
     )
-    out.print(f"  curl 'http://{host_port}/?query=SELECT+count()+FROM+undertow.events'")
-    out.print(f"  kcat -b {info.bootstrap_servers} -L")
+    # Detections and alerts of the replayed traffic before the first incident: false alarms.
+    first = incidents[0].started if incidents else traces[-1].at
+    baseline_end = traces[scenario.phases[0].traces].at
+    rows = client.query(
+        "SELECT event_time, concat('drift ', stream) FROM drift FINAL WHERE app = {app:String} "
+        "AND detected AND event_time >= {since:DateTime64(6)} "
+        "AND event_time < {until:DateTime64(6)} "
+        "UNION ALL SELECT event_time, concat('alert ', rule) FROM alerts FINAL "
+        "WHERE app = {app:String} AND status = 'firing' AND rule != 'drift_detected' "
+        "AND event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}",
+        parameters={"app": APP, "since": baseline_end, "until": first},
+    ).result_rows
+    result.false_alarms = [f"{what} at {_utc(at):%H:%M:%S}" for at, what in sorted(rows)]
+    return outcomes
 
 
-def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(counter.items()))
+def _utc(moment: datetime) -> datetime:
+    """ClickHouse hands DateTime64(6, 'UTC') back without a zone: it is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _summary(console: Console, result: DemoResult) -> None:
+    table = Table("planted incident", "caught by", "caught", "after", "paged", "action")
+    for o in result.outcomes:
+        after = "" if o.delay_events is None else f"{o.delay_events} traces"
+        table.add_row(
+            f"{o.kind}: {o.description}",
+            o.caught_by,
+            "yes" if o.caught_at is not None else "NO",
+            after,
+            ", ".join(o.delivered) or "-",
+            o.action or "-",
+        )
+    c = result.counts
+    console.print(
+        Group(
+            table,
+            f"{c.sent} events sent, {c.stored} stored, {c.scored} scored; "
+            f"{c.detections} drift detections, {c.alerts} alerts; "
+            f"{result.caught} of {len(result.outcomes)} incidents caught in {result.seconds:.0f} s",
+            "false alarms on the usual traffic after the baseline: "
+            + (", ".join(result.false_alarms) or "none"),
+        )
+    )
+    for o in result.outcomes:
+        if o.sql:
+            console.print(
+                f'[bold]{o.kind}[/bold]: undertow sql "{" ".join(o.sql.split())}"', highlight=False
+            )
+
+
+def _report(
+    path: Path, warehouse: Callable[[], Any], scenario: Scenario, result: DemoResult
+) -> Path:
+    from undertow.report import build_report, write_report
+
+    c = result.counts
+    html = build_report(
+        warehouse(),
+        app=APP,
+        since=scenario.start,
+        until=datetime.now(UTC),
+        incidents=result.outcomes,
+        summary={
+            "run": result.run_id,
+            "wall time": f"{result.seconds:.0f} s",
+            "events sent": str(c.sent),
+            "events stored": str(c.stored),
+            "incidents caught": f"{result.caught} of {len(result.outcomes)}",
+            "rollback to serving (s)": str(result.rollback_seconds),
+        },
+    )
+    written: Path = write_report(path, html)
+    return written
