@@ -79,11 +79,21 @@ def load_topics(topics: Iterable[str], exclude: Iterable[str] = ()) -> list[Utte
     the first topic asked for that has it), texts in ``exclude`` are left out (to keep a
     shift's texts apart from the baseline's), and so are lines without a letter or digit (the
     corpus has a few, such as ``","``)."""
+    seen: set[str] = set(exclude)
+    out: list[Utterance] = []
+    for topic, conversation in _conversations(topics):
+        for text in conversation:
+            if text not in seen and any(c.isalnum() for c in text):
+                seen.add(text)
+                out.append(Utterance(topic, text))
+    return out
+
+
+def _conversations(topics: Iterable[str]) -> Iterable[tuple[str, list[str]]]:
+    """``(topic, lines)`` of every conversation of ``topics``, in file order."""
     import yaml
 
     root = _english()
-    seen: set[str] = set(exclude)
-    out: list[Utterance] = []
     for topic in topics:
         path = root / f"{topic}.yml"
         if not path.is_file():
@@ -92,35 +102,19 @@ def load_topics(topics: Iterable[str], exclude: Iterable[str] = ()) -> list[Utte
             )
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for conversation in data.get("conversations") or []:
-            for line in conversation:
-                text = str(line).strip()
-                if text not in seen and any(c.isalnum() for c in text):
-                    seen.add(text)
-                    out.append(Utterance(topic, text))
-    return out
+            yield topic, [str(line).strip() for line in conversation]
 
 
 def load_pairs(topics: Iterable[str]) -> list[tuple[str, str]]:
     """(question, answer) pairs of ``topics``: each line of a conversation and the line that
     follows it, distinct by question, in file order (a demo's prompts and completions)."""
-    import yaml
-
-    root = _english()
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
-    for topic in topics:
-        path = root / f"{topic}.yml"
-        if not path.is_file():
-            raise DriftError(
-                f"expected a chatterbot topic, one of {available_topics()}; got {topic!r}"
-            )
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for conversation in data.get("conversations") or []:
-            lines = [str(line).strip() for line in conversation]
-            for question, answer in pairwise(lines):
-                if question not in seen and any(c.isalnum() for c in question + answer):
-                    seen.add(question)
-                    out.append((question, answer))
+    for _, lines in _conversations(topics):
+        for question, answer in pairwise(lines):
+            if question not in seen and any(c.isalnum() for c in question + answer):
+                seen.add(question)
+                out.append((question, answer))
     return out
 
 

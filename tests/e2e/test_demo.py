@@ -42,7 +42,9 @@ def test_demo_catches_every_planted_incident(tmp_path: Path) -> None:
         assert "false alarms on the usual traffic after the baseline:" in flat
         html = report.read_text()
         assert "<html" in html and "plotly" in html.lower()
-        assert "https://cdn" not in html
+        # Self-contained: no script, style or image loaded from elsewhere (plotly's inlined
+        # code mentions URLs in strings; what matters is what the page loads).
+        assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=[\"']?https?://", html)
         # The stack stays up for the user; the demo's own processes are gone.
         status = _run(["infra", "status"], home, timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
