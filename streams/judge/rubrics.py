@@ -20,14 +20,12 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from undertow.streams.config_file import read_yaml
 from undertow.streams.judge import JudgeError
 
 DEFAULT_RUBRICS = "rubrics.yaml"
@@ -185,14 +183,11 @@ def parse_rubrics(data: Any, source: str = "<memory>") -> RubricSet:
 
 def load_rubrics(path: str | os.PathLike[str] | None = None) -> RubricSet:
     """Read a rubric file; None reads the rubrics shipped with Undertow (``rubrics.yaml``)."""
-    try:
-        if path is None:
-            source = f"undertow.streams.judge/{DEFAULT_RUBRICS}"
-            text = (resources.files("undertow.streams.judge") / DEFAULT_RUBRICS).read_text("utf-8")
-        else:
-            source = os.fspath(path)
-            text = Path(path).read_text("utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
-        raise RubricError(f"cannot read the rubric file {source}: {exc}") from exc
+    data, source = read_yaml(
+        path,
+        package="undertow.streams.judge",
+        name=DEFAULT_RUBRICS,
+        what="rubric",
+        error=RubricError,
+    )
     return parse_rubrics(data, source)

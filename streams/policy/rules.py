@@ -33,11 +33,8 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -50,6 +47,7 @@ from pydantic import (
 )
 
 from undertow.errors import UndertowError
+from undertow.streams.config_file import read_yaml
 from undertow.streams.policy.sql import placeholders
 
 Severity = Literal["info", "warning", "error", "critical"]
@@ -486,16 +484,9 @@ class RuleSet(BaseModel):
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> RuleSet:
     """Read a rule file; None reads the defaults shipped with Undertow (``rules.yaml``)."""
-    try:
-        if path is None:
-            source = f"undertow.streams/{DEFAULT_RULES}"
-            text = (resources.files("undertow.streams") / DEFAULT_RULES).read_text("utf-8")
-        else:
-            source = os.fspath(path)
-            text = Path(path).read_text("utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
-        raise RuleError(f"cannot read the rule file {source}: {exc}") from exc
+    data, source = read_yaml(
+        path, package="undertow.streams", name=DEFAULT_RULES, what="rule", error=RuleError
+    )
     return parse_rules(data, source=source)
 
 

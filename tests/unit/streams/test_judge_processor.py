@@ -125,13 +125,17 @@ MARKERS = {
 class FakeJudge:
     """Answers by rubric (from the system prompt); records what it was asked."""
 
-    def __init__(self, answers: dict[str, str] | None = None, delay: float = 0.0) -> None:
+    def __init__(self, answers: dict[str, str] | None = None, hold_until: int = 0) -> None:
         self.answers = answers or {
             "relevance": '{"score": 4, "reason": "on topic"}',
             "coherence": "Score: 5",
             "groundedness": "I think it is fine",  # no score: a parse failure
         }
-        self.delay = delay
+        # With hold_until, calls wait until that many are in flight at once (then all go on):
+        # a cap that lets more through shows in max_in_flight, one that lets fewer through
+        # never reaches the count and the wait times out.
+        self.hold_until = hold_until
+        self.gate: asyncio.Event | None = None
         self.asked: list[list[dict[str, str]]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -144,8 +148,11 @@ class FakeJudge:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.delay:
-                await asyncio.sleep(self.delay)  # the judge "working"; lets others start
+            if self.hold_until:
+                self.gate = self.gate or asyncio.Event()
+                if self.in_flight >= self.hold_until:
+                    self.gate.set()
+                await asyncio.wait_for(self.gate.wait(), timeout=5)
         finally:
             self.in_flight -= 1
         user = messages[1]["content"]
@@ -413,7 +420,7 @@ def test_a_refused_request_is_a_row_with_the_refusal() -> None:
 
 def test_concurrent_judge_calls_are_capped() -> None:
     events = [e for i in range(6) for e in trace_events(i)]
-    fake, outputs = FakeJudge(delay=0.02), Outputs()
+    fake, outputs = FakeJudge(hold_until=3), Outputs()
     asyncio.run(make_judge(fake, outputs, concurrency=3).process(source(events)))
     assert len(fake.asked) == 12
     assert fake.max_in_flight == 3
