@@ -169,6 +169,8 @@ def build_app(
     )
     positions = None if settings.role in ("ingest", "judge") else Positions()
     _refuse_stale_acks(app, positions)
+    if positions is not None:
+        _watch_stalls(app, positions)
     reread = settings.auto_offset_reset == "earliest"
     if settings.role == "ingest":
         committed = _track_commits(app, {settings.events_topic}, reread_uncommitted=reread)
@@ -283,22 +285,51 @@ class Positions:
     position are repeats of ones handed over already. Offsets of a non-transactional topic
     are contiguous, so a gap is only real where retention removed records: the caller moves
     the position to the log's start then (:func:`_seek_back`).
+
+    A seek back does not always bring the records again: a seek that lands while Faust's
+    fetcher is still handing over an earlier fetch leaves the partition silent, with the held
+    back records neither delivered again nor acknowledged (tests/integration/
+    test_monitor_workers.py saw a restarted drift worker stop 838 records short, for good).
+    :meth:`stalled` names the partitions that owe records held back and have been silent for
+    ``STALL_AFTER_S``; a timer seeks them back again (:func:`_watch_stalls`).
     """
 
     RESEEK_AFTER_S = 5.0
+    STALL_AFTER_S = 10.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._next: dict[tuple[str, int], int] = {}
         self._waiting: dict[tuple[str, int], tuple[int, float]] = {}  # position, sought at
+        self._owed: dict[tuple[str, int], int] = {}  # the highest offset held back
+        self._heard: dict[tuple[str, int], float] = {}  # a record arrived, or a seek, at
         self._clock = clock
 
     def sought(self, topic: str, partition: int, offset: int | None) -> None:
         """The consumer was sought to ``offset`` (None: to a place this worker cannot know)."""
-        self._waiting.pop((topic, partition), None)
+        key = (topic, partition)
+        self._waiting.pop(key, None)
+        self._heard[key] = self._clock()
         if offset is None:
-            self._next.pop((topic, partition), None)
+            self._next.pop(key, None)
+            self._owed.pop(key, None)
         else:
-            self._next[(topic, partition)] = offset
+            self._next[key] = offset
+
+    def stalled(self) -> dict[tuple[str, int], int]:
+        """Partitions silent for ``STALL_AFTER_S`` while records held back beyond their
+        position were never handed over: (topic, partition) -> the position to seek back to.
+        Each is named again only after another ``STALL_AFTER_S`` of silence."""
+        now = self._clock()
+        stalled: dict[tuple[str, int], int] = {}
+        for key, owed in list(self._owed.items()):
+            position = self._next.get(key)
+            if position is None or position > owed:
+                del self._owed[key]
+                continue
+            if now - self._heard.get(key, now) >= self.STALL_AFTER_S:
+                stalled[key] = position
+                self._heard[key] = now
+        return stalled
 
     def admit(
         self, records: Sequence[Any]
@@ -314,9 +345,11 @@ class Positions:
         for event in records:
             msg = event.message
             key = (msg.topic, msg.partition)
+            self._heard[key] = now
             expected = self._next.get(key)
             if key in blocked or (expected is not None and msg.offset > expected):
                 held_back.append(event)
+                self._owed[key] = max(self._owed.get(key, msg.offset), msg.offset)
                 if key not in blocked:
                     blocked.add(key)
                     waiting = self._waiting.get(key)
@@ -336,6 +369,31 @@ class Positions:
             self._next[key] = msg.offset + 1
             admitted.append(event)
         return admitted, repeats, held_back, seek
+
+
+def _watch_stalls(app: Any, positions: Positions) -> None:
+    """Seek back the assigned partitions :meth:`Positions.stalled` names, every second."""
+
+    async def seek_stalled() -> None:
+        if app.rebalancing:
+            return
+        stalled = positions.stalled()
+        if not stalled:
+            return
+        assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
+        seeks = {assigned[key]: offset for key, offset in stalled.items() if key in assigned}
+        for tp, offset in seeks.items():
+            logger.warning(
+                "%s[%d]: no record from offset %d for %.0f s although later ones were read; "
+                "seeking back again",
+                tp.topic,
+                tp.partition,
+                offset,
+                Positions.STALL_AFTER_S,
+            )
+        await _seek_back(app, positions, seeks)
+
+    app.timer(1.0, name="undertow.streams.stalls")(seek_stalled)
 
 
 async def _seek_back(app: Any, positions: Positions, seeks: Mapping[Any, int]) -> None:

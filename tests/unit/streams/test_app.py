@@ -9,7 +9,13 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from undertow.streams.app import CommittedOffsets, Positions, _seek_back, _track_commits
+from undertow.streams.app import (
+    CommittedOffsets,
+    Positions,
+    _seek_back,
+    _track_commits,
+    _watch_stalls,
+)
 
 
 class TP(NamedTuple):
@@ -130,6 +136,60 @@ def test_positions_wait_for_the_record_at_the_position_and_seek_again_when_it_is
     # A partition with no known position takes what comes; None forgets a position.
     positions.sought(EVENTS, 0, None)
     assert offsets_of(positions.admit(events(EVENTS, 0, 50))[0]) == [(0, 50)]
+
+
+def test_a_partition_silent_after_a_seek_back_is_named_stalled_until_it_catches_up() -> None:
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    positions.sought(EVENTS, 0, 100)
+    positions.sought(EVENTS, 1, 0)
+    positions.admit(events(EVENTS, 0, 150, 151) + events(EVENTS, 1, 0, 1))
+    # Nothing comes after the seek back to 100: named once the silence lasts STALL_AFTER_S.
+    now[0] += Positions.STALL_AFTER_S - 1
+    assert positions.stalled() == {}
+    now[0] += 1
+    assert positions.stalled() == {(EVENTS, 0): 100}  # partition 1 owes nothing
+    assert positions.stalled() == {}  # not again before another STALL_AFTER_S of silence
+    now[0] += Positions.STALL_AFTER_S
+    assert positions.stalled() == {(EVENTS, 0): 100}
+    # Records arriving, even held back, are not silence.
+    now[0] += Positions.STALL_AFTER_S
+    positions.admit(events(EVENTS, 0, 152))
+    assert positions.stalled() == {}
+    # Once the position passes the last record held back, nothing is owed any more.
+    positions.admit(events(EVENTS, 0, *range(100, 153)))
+    now[0] += 10 * Positions.STALL_AFTER_S
+    assert positions.stalled() == {}
+    # A seek to an unknown place forgets what was owed.
+    positions.admit(events(EVENTS, 0, 160))
+    positions.sought(EVENTS, 0, None)
+    now[0] += 10 * Positions.STALL_AFTER_S
+    assert positions.stalled() == {}
+
+
+def test_the_stall_timer_seeks_back_assigned_stalled_partitions_outside_a_rebalance() -> None:
+    p0 = TP(EVENTS, 0)
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    positions.sought(EVENTS, 0, 100)
+    positions.sought(EVENTS, 1, 0)
+    positions.admit(events(EVENTS, 0, 150) + events(EVENTS, 1, 9))  # both owe records
+    consumer = Consumer({p0}, {})  # partition 1 went to another worker
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 0)
+
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[attr-defined]
+    timers: list[Any] = []
+    app = SimpleNamespace(consumer=consumer, rebalancing=True, timer=lambda *a, **k: timers.append)
+    _watch_stalls(app, positions)
+    (tick,) = timers
+    now[0] += Positions.STALL_AFTER_S
+    run(tick())
+    assert consumer.seeks == []  # not while the assignment changes
+    app.rebalancing = False
+    run(tick())
+    assert consumer.seeks == [(p0, 100)]
 
 
 def test_a_seek_back_below_the_log_start_goes_on_from_the_log_start() -> None:
