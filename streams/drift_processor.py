@@ -24,9 +24,12 @@ are counted and otherwise ignored.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.streams.checkpoint import CheckpointError, KeyedStates
@@ -37,6 +40,10 @@ from undertow.streams.ingest import SourceRecord, letter
 logger = logging.getLogger(__name__)
 
 PROCESSOR = "drift"
+# Every this many events of a stream, a trace row of its recent mean detector input.
+TRACE_EVERY = 25
+TRACE_DETECTOR = "window_mean"
+TRACE_NAMESPACE = uuid.UUID("0c9a4f3e-6b1d-4e27-9a55-2f7e8d3c1b44")
 
 
 def segment_record_key(record: Mapping[str, Any], config: MonitorConfig) -> str:
@@ -49,6 +56,8 @@ class DriftOutput:
     """What one micro-batch came to."""
 
     drift_events: list[dict[str, Any]] = field(default_factory=list)
+    # Rows of the drift table only (never on the topic): each stream's recent mean, traced.
+    trace: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, object]] = field(default_factory=list)
     events: int = 0  # scored events fed to the monitor
     replayed: int = 0  # records already folded into a checkpoint, skipped
@@ -67,11 +76,14 @@ class DriftProcessor:
         states: KeyedStates,
         config: MonitorConfig | None = None,
         codec: AvroCodec | None = None,
+        trace_every: int = TRACE_EVERY,
     ) -> None:
         self.config = config or MonitorConfig()
         self.states = states
         self.codec = codec or AvroCodec()
         self.monitor = DriftMonitor(baselines, self.config)
+        self.trace_every = trace_every
+        self._traced: dict[tuple[str, str], int] = {}
 
     @property
     def baseline_versions(self) -> dict[str, str]:
@@ -112,7 +124,51 @@ class DriftProcessor:
         if batch:
             out.drift_events = self.monitor.update_many(batch)
             out.events = len(batch)
+            latest = {segment_record_key(r, self.config): r for r in batch}
+            out.trace = self.trace(latest)
         return out
+
+    def trace(self, latest: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """A ``window_mean`` row per stream of the segments in ``latest`` (segment key to the
+        batch's last event there) whose stream index passed a multiple of ``trace_every``:
+        the mean of the detector's input over the last ``trace_every`` events, so the
+        statistic can be drawn over time between detections. Ids derive from the segment,
+        stream, baseline and index: a replay writes the same rows again."""
+        rows: list[dict[str, Any]] = []
+        for key, event in latest.items():
+            segment = self.monitor.segments.get(key)
+            if segment is None:
+                continue
+            baseline = segment.baseline
+            for name, stream in sorted(segment.streams.items()):
+                end = stream.window.end
+                mark = end // self.trace_every
+                if mark <= self._traced.get((key, name), 0):
+                    continue
+                self._traced[(key, name)] = mark
+                n = min(self.trace_every, len(stream.window))
+                ident = f"trace|{baseline.version}|{key}|{name}|{end}"
+                rows.append(
+                    {
+                        "event_id": str(uuid.uuid5(TRACE_NAMESPACE, ident)),
+                        "event_time": event.get("event_time"),
+                        "app": baseline.segment.get("app") or str(event.get("app") or ""),
+                        "environment": str(event.get("environment") or "production"),
+                        "segment": key,
+                        "segment_fields": dict(baseline.segment),
+                        "stream": name,
+                        "detector": TRACE_DETECTOR,
+                        "statistic": float(np.mean(stream.window.values(n))),
+                        "threshold": 0.0,
+                        "detected": False,
+                        "window_reference": 0,
+                        "window_current": n,
+                        "baseline_version": baseline.version,
+                        "example_event_ids": [],
+                        "nearest_topics": [],
+                    }
+                )
+        return rows
 
     def _ensure(self, key: str, partition: int, generation: int) -> None:
         """Have the in-memory state of ``key`` be the one valid in ``generation``."""

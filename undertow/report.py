@@ -298,6 +298,11 @@ def empty_figure(title: str, why: str = NO_DATA) -> go.Figure:
     return figure
 
 
+# The detector name of the drift role's periodic trace rows (streams.drift_processor), written
+# out so the report does not import the stream processors; a test checks they agree.
+TRACE_DETECTOR: Final = "window_mean"
+
+
 def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
     """One panel per (segment, stream, detector): the statistic (rows not detected) as a line,
     the threshold dashed, detections (rows detected) as markers."""
@@ -306,6 +311,10 @@ def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
         return empty_figure(title)
     key = _drift_key
     series = [(k, list(g)) for k, g in groupby(sorted(points, key=key), key=key)]
+    detections: dict[tuple[str, str], list[DriftPoint]] = {}
+    for p in points:
+        if p.detected:
+            detections.setdefault((p.segment, p.stream), []).append(p)
     figure = make_subplots(
         rows=len(series),
         cols=1,
@@ -318,6 +327,15 @@ def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
         label = plot_text(f"{segment} · {stream}")
         line = [p for p in rows if not p.detected]
         hits = [p for p in rows if p.detected]
+        if detector == TRACE_DETECTOR and line:
+            # The traced mean has no detections of its own: mark the stream's detections
+            # (of any detector) on it, at the traced value of that moment.
+            hits = [
+                DriftPoint(
+                    p.segment, p.stream, detector, p.event_time, _at(line, p.event_time), 0.0, True
+                )
+                for p in detections.get((segment, stream), [])
+            ]
         figure.add_trace(
             go.Scatter(
                 x=[plot_time(p.event_time) for p in line],
@@ -360,6 +378,12 @@ def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
     figure.update_xaxes(type="date")
     figure.update_xaxes(title="event time (UTC)", row=len(series), col=1)
     return figure
+
+
+def _at(line: Sequence[DriftPoint], moment: datetime) -> float:
+    """The traced statistic at ``moment``: the last trace point at or before it."""
+    before = [p.statistic for p in line if p.event_time <= moment]
+    return before[-1] if before else line[0].statistic
 
 
 def _drift_key(point: DriftPoint) -> tuple[str, str, str]:

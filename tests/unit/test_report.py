@@ -15,6 +15,7 @@ import pytest
 
 from undertow.report import (
     NO_DATA,
+    TRACE_DETECTOR,
     DriftPoint,
     IncidentOutcome,
     ReportData,
@@ -298,3 +299,23 @@ def test_write_report_writes_the_page_where_asked(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ReportError, match="expected to write the report"):
         write_report(tmp_path / "file" / "report.html", html)
+
+
+def test_the_traced_statistic_carries_the_streams_detections() -> None:
+    from undertow.streams.drift_processor import TRACE_DETECTOR as WRITTEN
+
+    assert TRACE_DETECTOR == WRITTEN
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    trace = [
+        DriftPoint("seg", "topic", TRACE_DETECTOR, t0 + timedelta(minutes=i), float(i), 0.0, False)
+        for i in range(5)
+    ]
+    detection = DriftPoint(
+        "seg", "topic", "adwin+novelty", t0 + timedelta(minutes=2, seconds=30), 9.0, 1.0, True
+    )
+    figure = drift_figure([*trace, detection])
+    traced = [t for t in figure.data if t.meta["detector"] == TRACE_DETECTOR]
+    line = next(t for t in traced if t.meta["role"] == "statistic")
+    marks = next(t for t in traced if t.meta["role"] == "detected")
+    assert list(line.y) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert list(marks.y) == [2.0]  # at the traced value of that moment, not the test's 9.0

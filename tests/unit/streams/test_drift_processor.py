@@ -15,12 +15,15 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from undertow.schemas.codec import AvroCodec
+from undertow.services.warehouse.rows import DRIFT_COLUMNS, drift_row
 from undertow.streams.checkpoint import KeyedStates, decode_checkpoint, encode_checkpoint
 from undertow.streams.drift import DriftMonitor, MonitorConfig
 from undertow.streams.drift.baseline import Baseline, content_version
 from undertow.streams.drift.segment import segment_key, segment_of
 from undertow.streams.drift_processor import (
     PROCESSOR,
+    TRACE_DETECTOR,
+    TRACE_EVERY,
     DriftOutput,
     DriftProcessor,
     segment_record_key,
@@ -496,3 +499,34 @@ def drift_event_record() -> dict[str, Any]:
         "threshold": 0.5,
         "detected": True,
     }
+
+
+def test_each_stream_is_traced_every_trace_every_events_into_the_table_only(
+    baseline: Baseline, stream: list[SourceRecord], expected: list[dict[str, Any]]
+) -> None:
+    p = processor(baseline)
+    traces: list[dict[str, Any]] = []
+    for batch in chunks(stream, 100):
+        out = p.process(batch, 1)
+        traces += out.trace
+        assert all(d["detector"] != TRACE_DETECTOR for d in out.drift_events)
+    segment = p.monitor.segments[KEY]
+    streams = sorted(segment.streams)
+    # A batch of 100 passes at least one multiple of 25: one row per stream per batch.
+    assert len(traces) == len(streams) * (N // 100)
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for row in traces:
+        by_stream.setdefault(row["stream"], []).append(row)
+        assert (row["detector"], row["detected"], row["segment"]) == (TRACE_DETECTOR, False, KEY)
+        assert row["window_current"] == TRACE_EVERY
+        assert len(drift_row(row)) == len(DRIFT_COLUMNS)  # a row of the drift table
+    assert sorted(by_stream) == streams
+    # The traced value is the mean of the detector's last inputs at that batch's end.
+    last = by_stream[streams[0]][-1]
+    window = segment.streams[streams[0]].window
+    assert last["statistic"] == pytest.approx(float(np.mean(window.values(TRACE_EVERY))))
+    # The same stream replayed by another processor traces the same ids: replays dedupe.
+    again = processor(baseline)
+    ids = [r["event_id"] for b in chunks(stream, 100) for r in again.process(b, 1).trace]
+    assert ids == [r["event_id"] for r in traces]
+    assert len(set(ids)) == len(ids)
