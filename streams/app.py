@@ -1188,20 +1188,19 @@ def _add_drift(
 
     async def emit(output: Any) -> None:
         events = output.drift_events
+        # The trace rows go to the table only, in the same insert: they are for plots, not
+        # for the policy.
+        rows = [*events, *output.trace]
+        if rows:
+            token = _digest("drift:" + ",".join(str(e["event_id"]) for e in rows))
+            await sink.insert_rows("drift", DRIFT_COLUMNS, [drift_row(e) for e in rows], token)
         if events:
-            rows = [drift_row(e) for e in events]
-            token = _digest("drift:" + ",".join(str(e["event_id"]) for e in events))
-            await sink.insert_rows("drift", DRIFT_COLUMNS, rows, token)
             messages = [
                 (str(e["segment"]).encode(), codec.encode("drift_event", e)) for e in events
             ]
             await _publish(app, settings.drift_topic, messages, backoff, "drift events")
             detected = sum(bool(e["detected"]) for e in events)
             logger.info("%d drift events (%d detections)", len(events), detected)
-        trace = getattr(output, "trace", None)
-        if trace:  # the table only: a trace is for plots, not for the policy
-            token = _digest("drift-trace:" + ",".join(str(e["event_id"]) for e in trace))
-            await sink.insert_rows("drift", DRIFT_COLUMNS, [drift_row(e) for e in trace], token)
         if output.dead_letters:
             letters = [(None, codec.encode("dead_letter", d)) for d in output.dead_letters]
             await _publish(app, settings.deadletter_topic, letters, backoff, "dead letters")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from undertow.schemas.codec import AvroCodec, DecodeError
+from undertow.services.warehouse.rows import DRIFT_TRACE_DETECTOR
 from undertow.streams.checkpoint import CheckpointError, KeyedStates
 from undertow.streams.drift import Baseline, DriftError, DriftMonitor, MonitorConfig
 from undertow.streams.drift.segment import segment_key, segment_of
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 PROCESSOR = "drift"
 # Every this many events of a stream, a trace row of its recent mean detector input.
 TRACE_EVERY = 25
-TRACE_DETECTOR = "window_mean"
+TRACE_DETECTOR = DRIFT_TRACE_DETECTOR
 TRACE_NAMESPACE = uuid.UUID("0c9a4f3e-6b1d-4e27-9a55-2f7e8d3c1b44")
 
 

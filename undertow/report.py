@@ -46,6 +46,7 @@ from plotly.subplots import make_subplots
 
 from undertow.errors import UndertowError
 from undertow.services.warehouse import WarehouseError
+from undertow.services.warehouse.rows import DRIFT_TRACE_DETECTOR
 
 # Thresholds of the "share of events above" series in the scores figure.
 SHARE_THRESHOLDS: Final = (0.5, 0.8)
@@ -298,9 +299,7 @@ def empty_figure(title: str, why: str = NO_DATA) -> go.Figure:
     return figure
 
 
-# The detector name of the drift role's periodic trace rows (streams.drift_processor), written
-# out so the report does not import the stream processors; a test checks they agree.
-TRACE_DETECTOR: Final = "window_mean"
+TRACE_DETECTOR: Final = DRIFT_TRACE_DETECTOR
 
 
 def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
@@ -348,19 +347,20 @@ def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
             row=row,
             col=1,
         )
-        figure.add_trace(
-            go.Scatter(
-                x=[plot_time(p.event_time) for p in rows],
-                y=[p.threshold for p in rows],
-                mode="lines",
-                line={"dash": "dash", "color": "grey"},
-                name=f"{label}: threshold",
-                legendgroup=label,
-                meta={**meta, "role": "threshold"},
-            ),
-            row=row,
-            col=1,
-        )
+        if detector != TRACE_DETECTOR:  # a trace has no threshold of its own
+            figure.add_trace(
+                go.Scatter(
+                    x=[plot_time(p.event_time) for p in rows],
+                    y=[p.threshold for p in rows],
+                    mode="lines",
+                    line={"dash": "dash", "color": "grey"},
+                    name=f"{label}: threshold",
+                    legendgroup=label,
+                    meta={**meta, "role": "threshold"},
+                ),
+                row=row,
+                col=1,
+            )
         figure.add_trace(
             go.Scatter(
                 x=[plot_time(p.event_time) for p in hits],

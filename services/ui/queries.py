@@ -273,7 +273,8 @@ def drift(client: Any, window: Window, app: str = "", limit: int = 50_000) -> di
     return {
         "window": _window(window),
         "series": series,
-        "detections": sum(len(s["detections"]["t"]) for s in series),
+        # A trace series repeats its stream's detections: not counted twice.
+        "detections": sum(len(s["detections"]["t"]) for s in series if not s["trace"]),
     }
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from undertow.services.ui import UIError
+from undertow.services.warehouse.rows import DRIFT_TRACE_DETECTOR
 
 RangeName = Literal["15m", "1h", "6h", "24h", "7d", "30d"]
 # Range name -> (span, bucket width), in seconds: about 15 to 170 points per line.
@@ -127,7 +128,9 @@ def histogram(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
 def drift(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
     """One series per (segment, stream, detector) from rows
     ``(segment, stream, detector, time_ms, statistic, threshold, detected)`` sorted by time,
-    with the detections picked out so the chart can mark them."""
+    with the detections picked out so the chart can mark them. A trace series (the drift
+    role's recent mean, ``DRIFT_TRACE_DETECTOR``) has no detections of its own: it carries its
+    stream's detections by any detector, at the traced value of that moment."""
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for segment, stream, detector, ms, statistic, threshold, detected in rows:
         g = groups.setdefault(
@@ -136,6 +139,7 @@ def drift(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
                 "segment": segment,
                 "stream": stream,
                 "detector": detector,
+                "trace": detector == DRIFT_TRACE_DETECTOR,  # no threshold, no detections
                 "t": [],
                 "statistic": [],
                 "threshold": [],
@@ -148,7 +152,27 @@ def drift(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
         if detected:
             g["detections"]["t"].append(iso(ms))
             g["detections"]["statistic"].append(number(statistic))
+    for (segment, stream, detector), g in groups.items():
+        if detector != DRIFT_TRACE_DETECTOR or not g["t"]:
+            continue
+        for (s2, t2, d2), other in sorted(groups.items()):
+            if (s2, t2) != (segment, stream) or d2 == detector:
+                continue
+            for t in other["detections"]["t"]:
+                g["detections"]["t"].append(t)
+                g["detections"]["statistic"].append(_traced_at(g, t))
     return [groups[k] for k in sorted(groups)]
+
+
+def _traced_at(series: Mapping[str, Any], moment: str) -> float | None:
+    """The traced value at ``moment`` (ISO time): the last point at or before it, else the
+    first."""
+    value = series["statistic"][0]
+    for t, v in zip(series["t"], series["statistic"], strict=True):
+        if t > moment:
+            break
+        value = v
+    return value  # type: ignore[no-any-return]
 
 
 # Order of the span types within one instant: a prompt comes before what answers it.

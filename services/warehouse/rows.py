@@ -137,6 +137,11 @@ def insert_events(client: Client, items: Iterable[tuple[Mapping[str, Any], str, 
     return len(rows)
 
 
+# The detector of the drift role's trace rows (streams/drift_processor.py): every few events
+# a stream's recent mean detector input, never a detection, so the statistic can be drawn
+# over time between detections.
+DRIFT_TRACE_DETECTOR = "window_mean"
+
 DRIFT_COLUMNS: tuple[str, ...] = (
     "event_id",
     "event_time",

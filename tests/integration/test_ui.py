@@ -39,7 +39,13 @@ from undertow.services.registry.state import (
 )
 from undertow.services.ui.app import create_app
 from undertow.services.warehouse.client import connect
-from undertow.services.warehouse.rows import ALERT_COLUMNS, DRIFT_COLUMNS, alert_row, drift_row
+from undertow.services.warehouse.rows import (
+    ALERT_COLUMNS,
+    DRIFT_COLUMNS,
+    DRIFT_TRACE_DETECTOR,
+    alert_row,
+    drift_row,
+)
 from undertow.streams.scored import Scored
 from undertow.streams.sink import EventSink, SinkItem
 
@@ -212,6 +218,8 @@ def seeded(stack: StackInfo, database: str) -> Seeded:
     for segment, stream, detector, points, detected_at in (
         (f"app={APP}/model=smollm2/prompt=1", "embedding_distance", "adwin", 10, {6, 8}),
         (f"app={APP}/model=smollm2/prompt=2", "toxicity", "page_hinkley", 8, {5}),
+        # The drift role's trace of the first stream: its detections are marked on it.
+        (f"app={APP}/model=smollm2/prompt=1", "embedding_distance", DRIFT_TRACE_DETECTOR, 6, set()),
     ):
         for k in range(points):
             record = envelope(APP, event_time=now - timedelta(hours=3) + timedelta(minutes=10 * k))
@@ -231,6 +239,8 @@ def seeded(stack: StackInfo, database: str) -> Seeded:
             )
             drift_rows.append(drift_row(record))
         seeded.drift[(segment, stream, detector)] = (points, len(detected_at))
+    trace = (f"app={APP}/model=smollm2/prompt=1", "embedding_distance", DRIFT_TRACE_DETECTOR)
+    seeded.drift[trace] = (6, 2)  # the adwin series' two detections
     client.insert("drift", drift_rows, column_names=list(DRIFT_COLUMNS))
 
     alert_rows = []
@@ -423,7 +433,10 @@ def test_drift_marks_each_detection(
             )
         }
         assert len(traces["statistic"]["x"]) == points
-        assert len(traces["threshold"]["y"]) == points
+        if detector == DRIFT_TRACE_DETECTOR:
+            assert "threshold" not in traces
+        else:
+            assert len(traces["threshold"]["y"]) == points
         assert len(traces["detection"]["x"]) == detections
         # Each chart fits its own panel (drawn after the grid was laid out).
         svg = panel.locator(".chart .main-svg").first.bounding_box()

@@ -157,9 +157,13 @@
         return panel;
       });
       for (const [i, s] of data.series.entries()) {
+        // A trace series (the recent mean between detections) has no threshold of its own.
+        const threshold = s.trace ? [] : [
+          { type: "scatter", mode: "lines", name: "threshold", x: s.t, y: s.threshold, line: { dash: "dash", color: "#999" } },
+        ];
         await Plotly.react(panels[i].querySelector(".chart"), [
           { type: "scatter", mode: "lines", name: "statistic", x: s.t, y: s.statistic, line: { color: "#1f77b4" } },
-          { type: "scatter", mode: "lines", name: "threshold", x: s.t, y: s.threshold, line: { dash: "dash", color: "#999" } },
+          ...threshold,
           { type: "scatter", mode: "markers", name: "detection", x: s.detections.t, y: s.detections.statistic,
             marker: { color: "#d62728", size: 11, symbol: "x" } },
         ], layout({ height: 240 }), PLOT_CONFIG);

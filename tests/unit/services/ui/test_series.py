@@ -20,6 +20,7 @@ from undertow.services.ui.series import (
     traffic,
     waterfall,
 )
+from undertow.services.warehouse.rows import DRIFT_TRACE_DETECTOR
 
 NOW_MS = 1_772_366_430_500  # 2026-03-01 12:00:30.500 UTC: not on a bucket edge
 
@@ -92,6 +93,23 @@ def test_drift_groups_series_and_picks_out_detections() -> None:
     assert [(s["segment"], len(s["t"])) for s in out] == [("seg-a", 2), ("seg-b", 1)]
     assert out[0]["detections"] == {"t": [iso(NOW_MS + 1000)], "statistic": [0.6]}
     assert out[1]["detections"]["t"] == []
+
+
+def test_a_trace_series_carries_its_streams_detections_at_the_traced_value() -> None:
+    rows = [
+        ("seg", "topic", DRIFT_TRACE_DETECTOR, NOW_MS + 1000 * i, float(i), 0.0, False)
+        for i in range(4)
+    ]
+    rows.append(("seg", "topic", "adwin", NOW_MS + 2500, 9.0, 1.0, True))
+    rows.append(("other", "topic", "adwin", NOW_MS + 500, 9.0, 1.0, True))  # another segment
+    other, adwin, trace = drift(rows)
+    assert (trace["detector"], trace["trace"], adwin["trace"]) == (
+        DRIFT_TRACE_DETECTOR,
+        True,
+        False,
+    )
+    assert trace["detections"] == {"t": [iso(NOW_MS + 2500)], "statistic": [2.0]}
+    assert adwin["detections"]["statistic"] == [9.0] and other["segment"] == "other"
 
 
 def test_spans_order_by_time_then_pipeline_step() -> None:
