@@ -59,7 +59,7 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -201,7 +201,61 @@ def build_app(
     return app
 
 
-def _refuse_stale_acks(app: Any, positions: Positions | None = None) -> None:
+class Rereads:
+    """Records Faust skipped at a rebalance, to be read again, and the seeks that should
+    bring them: a seek that is not followed by the record it sought within ``STALL_AFTER_S``
+    is due again (a seek can be lost to a fetch Faust is still handing over, see
+    :class:`Positions`; a lost one left a record unstored for as long as the worker ran)."""
+
+    STALL_AFTER_S = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._skipped: dict[Any, int] = {}
+        self._sought: dict[Any, tuple[int, float]] = {}  # offset, sought at
+        self._clock = clock
+
+    def skipped(self, tp: Any, offset: int) -> None:
+        self._skipped[tp] = min(self._skipped.get(tp, offset), offset)
+
+    def acknowledged(self, tp: Any, offset: int) -> None:
+        """A record of the current generation was handled: the one sought, if it is."""
+        sought = self._sought.get(tp)
+        if sought is not None and sought[0] == offset:
+            del self._sought[tp]
+
+    def due(self, assigned: Collection[Any]) -> dict[Any, int]:
+        """The partitions to seek now (tp -> offset): those with records skipped, and those
+        whose last seek brought nothing for ``STALL_AFTER_S``. Partitions no longer assigned
+        are forgotten: their next owner reads from the committed offset, below the skipped."""
+        now = self._clock()
+        due: dict[Any, int] = {}
+        for tp, (offset, at) in list(self._sought.items()):
+            if tp not in assigned:
+                del self._sought[tp]
+            elif now - at >= self.STALL_AFTER_S:
+                logger.warning(
+                    "%s[%d]: offset %d not read again %.0f s after the seek; seeking again",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    now - at,
+                )
+                due[tp] = offset
+        pending, self._skipped = self._skipped, {}
+        for tp, offset in pending.items():
+            if tp in assigned:
+                due[tp] = min(due.get(tp, offset), offset)
+        for tp, offset in due.items():
+            self._sought[tp] = (offset, now)
+        return due
+
+    def moved(self, tp: Any, offset: int) -> None:
+        """The seek for ``tp`` went to ``offset`` instead (the records before are gone)."""
+        if tp in self._sought:
+            self._sought[tp] = (offset, self._sought[tp][1])
+
+
+def _refuse_stale_acks(app: Any, positions: Positions | None = None) -> Rereads:
     """Keep Faust from acknowledging records it skipped after a rebalance, and read them again.
 
     A record fetched before a rebalance and reaching the stream after it belongs to the old
@@ -210,37 +264,44 @@ def _refuse_stale_acks(app: Any, positions: Positions | None = None) -> None:
     restarted after a crash (a rebalance while it fetches) lost such records, found by
     tests/integration/test_worker.py. Here the acknowledgement of a stale-generation record is
     refused, which keeps the committed offset below it, and a timer seeks its partition back
-    to the lowest skipped offset, so the record is fetched again in the current generation
-    and stored; records re-read on the way are duplicates the sink absorbs.
+    to the lowest skipped offset (again if that record does not come, :class:`Rereads`), so
+    the record is fetched again in the current generation and stored; records re-read on the
+    way are duplicates the sink absorbs.
     """
     consumer = app.consumer
     acknowledge = consumer.ack
-    skipped: dict[Any, int] = {}
+    rereads = Rereads()
 
     def ack(message: Any) -> bool:
         generation = getattr(message, "generation_id", None)
         if generation is not None and generation != app.consumer_generation_id:
-            tp = message.tp
-            skipped[tp] = min(skipped.get(tp, message.offset), message.offset)
+            rereads.skipped(message.tp, message.offset)
             return False
+        rereads.acknowledged(message.tp, message.offset)
         return bool(acknowledge(message))
 
     consumer.ack = ack
 
     async def read_skipped_again() -> None:
-        if not skipped or app.rebalancing:
+        if app.rebalancing:
             return
-        assigned = consumer.assignment()
-        pending = dict(skipped)
-        skipped.clear()
-        for tp, offset in pending.items():
-            if tp in assigned:
-                logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
-                await consumer.seek(tp, offset)
-                if positions is not None:
-                    positions.sought(tp.topic, tp.partition, offset)
+        due = rereads.due(consumer.assignment())
+        if not due:
+            return
+        earliest = await consumer.earliest_offsets(*due)
+        for tp, offset in due.items():
+            low = earliest.get(tp)
+            if low is not None and offset < low:
+                logger.warning("%s: offsets before %d are gone from the log", tp, low)
+                offset = low
+                rereads.moved(tp, low)
+            logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
+            await consumer.seek(tp, offset)
+            if positions is not None:
+                positions.sought(tp.topic, tp.partition, offset)
 
     app.timer(0.5, name="undertow.streams.reread")(read_skipped_again)
+    return rereads
 
 
 class CommittedOffsets:

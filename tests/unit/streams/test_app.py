@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from undertow.streams.app import (
     CommittedOffsets,
     Positions,
+    Rereads,
     _seek_back,
     _track_commits,
     _watch_stalls,
@@ -219,3 +220,34 @@ def test_the_post_assignment_seek_sets_the_positions() -> None:
     # committed 40 on p0; nothing on p1, so it was sought to 0
     assert positions.admit(events(EVENTS, 0, 41))[3] == {p0: 40}
     assert positions.admit(events(EVENTS, 1, 3))[3] == {p1: 0}
+
+
+# --- Rereads: records skipped at a rebalance, and seeks that did not bring them ------------
+
+
+def test_skipped_records_are_sought_once_and_again_only_if_they_do_not_come() -> None:
+    p0, p1, gone = TP(EVENTS, 0), TP(EVENTS, 1), TP(EVENTS, 2)
+    now = [0.0]
+    rereads = Rereads(clock=lambda: now[0])
+    for tp, offset in ((p0, 12), (p0, 10), (p1, 5), (gone, 3)):
+        rereads.skipped(tp, offset)
+    # The lowest skipped offset of each assigned partition; the revoked one is its new owner's.
+    assert rereads.due({p0, p1}) == {p0: 10, p1: 5}
+    assert rereads.due({p0, p1}) == {}
+    rereads.acknowledged(p1, 6)  # not the record sought
+    rereads.acknowledged(p1, 5)
+    rereads.acknowledged(p0, 11)
+    now[0] += Rereads.STALL_AFTER_S
+    assert rereads.due({p0, p1}) == {p0: 10}  # p0's seek brought nothing: again
+    rereads.skipped(p0, 4)  # skipped again meanwhile, lower: that wins
+    now[0] += Rereads.STALL_AFTER_S
+    assert rereads.due({p0, p1}) == {p0: 4}
+    rereads.moved(p0, 7)  # retention removed 4..6
+    rereads.acknowledged(p0, 7)
+    now[0] += Rereads.STALL_AFTER_S
+    assert rereads.due({p0, p1}) == {}
+    # A partition revoked while its seek was pending is forgotten.
+    rereads.skipped(p1, 9)
+    assert rereads.due({p1}) == {p1: 9}
+    now[0] += Rereads.STALL_AFTER_S
+    assert rereads.due({p0}) == {} and rereads.due({p0, p1}) == {}
