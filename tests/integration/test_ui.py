@@ -447,6 +447,61 @@ def test_drift_marks_each_detection(
     assert console.errors == []
 
 
+def test_the_demo_report_renders_offline_with_detections_marked_on_the_trace(
+    page: tuple[Any, Console],
+    stack: StackInfo,
+    database: str,
+    seeded: Seeded,
+    shots: Path,
+    tmp_path: Path,
+) -> None:
+    """The demo's HTML report (undertow/report.py) on the seeded warehouse, in the browser:
+    every figure draws, nothing loads from elsewhere, and the drift role's trace carries the
+    stream's detections."""
+    from undertow.report import build_report, write_report
+
+    now = datetime.now(UTC)
+    html = build_report(
+        connect(stack.clickhouse_url, database=database),
+        app=APP,
+        since=now - timedelta(hours=6),
+        until=now + timedelta(minutes=1),
+        incidents=[],
+        summary={"run": RUN},
+    )
+    path = write_report(tmp_path / "report.html", html)
+    tab, console = page
+    elsewhere: list[str] = []
+    tab.on(
+        "request",
+        lambda r: (
+            None if r.url.startswith(("file:", "data:", "blob:")) else elsewhere.append(r.url)
+        ),
+    )
+    tab.goto(path.as_uri())
+    tab.wait_for_function(
+        "() => document.querySelectorAll('div.figure').length === 4 && "
+        "[...document.querySelectorAll('div.figure')].every(d => d.querySelector('.main-svg'))",
+        timeout=TIMEOUT_MS,
+    )
+    drawn = tab.locator("#plot-drift").evaluate(
+        "d => d.data.map(t => ({detector: t.meta.detector, role: t.meta.role, n: t.x.length}))"
+    )
+    series = {(t["detector"], t["role"]): t["n"] for t in drawn}
+    trace_points, trace_detections = seeded.drift[
+        (f"app={APP}/model=smollm2/prompt=1", "embedding_distance", DRIFT_TRACE_DETECTOR)
+    ]
+    assert series[(DRIFT_TRACE_DETECTOR, "statistic")] == trace_points
+    assert series[(DRIFT_TRACE_DETECTOR, "detected")] == trace_detections
+    assert (DRIFT_TRACE_DETECTOR, "threshold") not in series
+    assert {d for d, _ in series} == {d for _, _, d in seeded.drift}
+    path = shots / "report.png"
+    tab.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000, f"screenshot {path} is suspiciously small"
+    print(f"screenshot: {path}")
+    assert elsewhere == [] and console.errors == []
+
+
 def test_alerts_table_orders_incidents_and_links_only_safe_runbooks(
     page: tuple[Any, Console], server: ServerThread, seeded: Seeded, shots: Path
 ) -> None:
