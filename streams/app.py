@@ -167,17 +167,26 @@ def build_app(
         processing_guarantee="at_least_once",
         worker_redirect_stdouts=False,
     )
-    positions = None if settings.role in ("ingest", "judge") else Positions()
+    positions = None if settings.role == "judge" else Positions()
     _refuse_stale_acks(app, positions)
     if positions is not None:
         _watch_stalls(app, positions)
     reread = settings.auto_offset_reset == "earliest"
     if settings.role == "ingest":
-        committed = _track_commits(app, {settings.events_topic}, reread_uncommitted=reread)
+        assert positions is not None
+        committed = _track_commits(
+            app, {settings.events_topic}, reread_uncommitted=reread, positions=positions
+        )
         if partitions is None:
             partitions = event_partitions(settings)
         _add_ingest(
-            app, settings, enricher if settings.enrich else None, health, partitions, committed
+            app,
+            settings,
+            enricher if settings.enrich else None,
+            health,
+            partitions,
+            committed,
+            positions,
         )
         return app
     if settings.role == "judge":
@@ -331,7 +340,8 @@ class CommittedOffsets:
 
 class Positions:
     """Where each partition's next record must come from, so a stage sees records exactly in
-    offset order, none skipped (the drift and policy roles, whose state is order-dependent).
+    offset order, none skipped: the drift and policy roles, whose state is order-dependent, and
+    the ingest role, whose commits cannot pass a record never handed over.
 
     Faust hands records over out of order around seeks: after an assignment it fetches before
     it seeks back to the committed offsets, and records it dropped as stale are read again
@@ -352,7 +362,9 @@ class Positions:
     back records neither delivered again nor acknowledged (tests/integration/
     test_monitor_workers.py saw a restarted drift worker stop 838 records short, for good).
     :meth:`stalled` names the partitions that owe records held back and have been silent for
-    ``STALL_AFTER_S``; a timer seeks them back again (:func:`_watch_stalls`).
+    ``STALL_AFTER_S``, and those the broker has records for past the position while their
+    whole topic has been silent that long (:meth:`quiet` names the ones to ask the broker
+    about); a timer seeks them back again (:func:`_watch_stalls`).
     """
 
     RESEEK_AFTER_S = 5.0
@@ -363,25 +375,51 @@ class Positions:
         self._waiting: dict[tuple[str, int], tuple[int, float]] = {}  # position, sought at
         self._owed: dict[tuple[str, int], int] = {}  # the highest offset held back
         self._heard: dict[tuple[str, int], float] = {}  # a record arrived, or a seek, at
+        self._topic_heard: dict[str, float] = {}
+        self._asked: dict[tuple[str, int], float] = {}  # the broker's end offset asked at
         self._clock = clock
 
     def sought(self, topic: str, partition: int, offset: int | None) -> None:
         """The consumer was sought to ``offset`` (None: to a place this worker cannot know)."""
         key = (topic, partition)
         self._waiting.pop(key, None)
-        self._heard[key] = self._clock()
+        self._heard[key] = self._topic_heard[topic] = self._clock()
         if offset is None:
             self._next.pop(key, None)
             self._owed.pop(key, None)
         else:
             self._next[key] = offset
 
-    def stalled(self) -> dict[tuple[str, int], int]:
-        """Partitions silent for ``STALL_AFTER_S`` while records held back beyond their
-        position were never handed over: (topic, partition) -> the position to seek back to.
-        Each is named again only after another ``STALL_AFTER_S`` of silence."""
+    def quiet(self) -> list[tuple[str, int]]:
+        """Partitions with a known position whose topic has been silent for ``STALL_AFTER_S``:
+        the ones to ask the broker's end offset for, each at most once per ``STALL_AFTER_S``."""
+        now = self._clock()
+        quiet = []
+        for key in self._next:
+            if (
+                now - self._topic_heard.get(key[0], now) >= self.STALL_AFTER_S
+                and now - self._heard.get(key, now) >= self.STALL_AFTER_S
+                and now - self._asked.get(key, now - self.STALL_AFTER_S) >= self.STALL_AFTER_S
+            ):
+                self._asked[key] = now
+                quiet.append(key)
+        return quiet
+
+    def stalled(
+        self, ends: Mapping[tuple[str, int], int] | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Partitions to seek back: (topic, partition) -> the position. Those silent for
+        ``STALL_AFTER_S`` while records held back beyond their position were never handed
+        over (each named again only after another ``STALL_AFTER_S`` of silence), and those of
+        ``ends`` (the broker's end offsets of :meth:`quiet` partitions) with records past
+        their position."""
         now = self._clock()
         stalled: dict[tuple[str, int], int] = {}
+        for key, end in (ends or {}).items():
+            position = self._next.get(key)
+            if position is not None and end > position:
+                stalled[key] = position
+                self._heard[key] = now
         for key, owed in list(self._owed.items()):
             position = self._next.get(key)
             if position is None or position > owed:
@@ -406,7 +444,7 @@ class Positions:
         for event in records:
             msg = event.message
             key = (msg.topic, msg.partition)
-            self._heard[key] = now
+            self._heard[key] = self._topic_heard[msg.topic] = now
             expected = self._next.get(key)
             if key in blocked or (expected is not None and msg.offset > expected):
                 held_back.append(event)
@@ -438,14 +476,19 @@ def _watch_stalls(app: Any, positions: Positions) -> None:
     async def seek_stalled() -> None:
         if app.rebalancing:
             return
-        stalled = positions.stalled()
+        assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
+        quiet = [assigned[key] for key in positions.quiet() if key in assigned]
+        ends: dict[tuple[str, int], int] = {}
+        if quiet:
+            found = await app.consumer.highwaters(*quiet)
+            ends = {(tp.topic, tp.partition): int(end) for tp, end in found.items()}
+        stalled = positions.stalled(ends)
         if not stalled:
             return
-        assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
         seeks = {assigned[key]: offset for key, offset in stalled.items() if key in assigned}
         for tp, offset in seeks.items():
             logger.warning(
-                "%s[%d]: no record from offset %d for %.0f s although later ones were read; "
+                "%s[%d]: no record from offset %d for %.0f s although later ones exist; "
                 "seeking back again",
                 tp.topic,
                 tp.partition,
@@ -671,6 +714,7 @@ def _add_ingest(
     health: WorkerHealth | None,
     partitions: int,
     committed: CommittedOffsets,
+    positions: Positions,
 ) -> None:
     sink, backoff = _sink(settings)
     codec = AvroCodec()
@@ -727,7 +771,19 @@ def _add_ingest(
 
     async def ingest_events(stream: Any) -> None:
         batches = stream.take_events(settings.batch_size, within=settings.batch_window_s)
-        async for events in batches:
+        async for batch in batches:
+            # Each partition's records in offset order, none skipped (see Positions): a
+            # record Faust never hands over would be lost until the next restart, behind a
+            # commit that cannot pass it (tests/integration/test_worker.py saw 716 of 4,941
+            # events never stored after a SIGKILL and restart).
+            events, repeats, held_back, seeks = positions.admit(batch)
+            for event in held_back:  # never acknowledged: read again after the seek back
+                event.message.incref()
+            await _seek_back(app, positions, seeks)
+            for event in repeats:  # stored already: batches are durable before the next
+                await stream.ack(event)
+            if not events:
+                continue
             # Hold each record until its batch is durable; see the module docstring.
             for event in events:
                 event.message.incref()

@@ -34,6 +34,8 @@ class Consumer:
         self.accept = True
         self._committed_offset: dict[TP, int | None] = {}
         self.seeks: list[tuple[TP, int]] = []
+        self.ends: dict[TP, int] = {}  # the broker's end offsets
+        self.asked: list[TP] = []
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
@@ -46,6 +48,10 @@ class Consumer:
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        self.asked.extend(tps)
+        return {tp: self.ends.get(tp, 0) for tp in tps}
 
 
 def tracked(consumer: Consumer, reread: bool = True) -> CommittedOffsets:
@@ -190,7 +196,15 @@ def test_the_stall_timer_seeks_back_assigned_stalled_partitions_outside_a_rebala
     assert consumer.seeks == []  # not while the assignment changes
     app.rebalancing = False
     run(tick())
-    assert consumer.seeks == [(p0, 100)]
+    assert consumer.seeks == [(p0, 100)]  # it owes 150
+    assert consumer.asked == [p0]  # the silent topic's assigned partition, checked too
+    # A silent partition the broker has records for, none held back: sought to its position.
+    consumer.seeks.clear()
+    positions.admit(events(EVENTS, 0, *range(100, 151)))
+    consumer.ends[p0] = 160
+    now[0] += Positions.STALL_AFTER_S
+    run(tick())
+    assert consumer.seeks == [(p0, 151)]
 
 
 def test_a_seek_back_below_the_log_start_goes_on_from_the_log_start() -> None:
@@ -251,3 +265,28 @@ def test_skipped_records_are_sought_once_and_again_only_if_they_do_not_come() ->
     assert rereads.due({p1}) == {p1: 9}
     now[0] += Rereads.STALL_AFTER_S
     assert rereads.due({p0}) == {} and rereads.due({p0, p1}) == {}
+
+
+def test_a_silent_topic_is_checked_against_the_brokers_end_offsets() -> None:
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    positions.sought(EVENTS, 0, 40)
+    positions.sought(EVENTS, 1, 7)
+    positions.sought("other", 0, 3)
+    positions.admit(events(EVENTS, 0, 40, 41))
+    now[0] += Positions.STALL_AFTER_S - 1
+    positions.admit(events("other", 0, 3))
+    assert positions.quiet() == []  # nothing silent long enough yet
+    now[0] += 1
+    # The event topic has been silent for STALL_AFTER_S; "other" has not.
+    assert sorted(positions.quiet()) == [(EVENTS, 0), (EVENTS, 1)]
+    assert positions.quiet() == []  # asked once per STALL_AFTER_S
+    # Partition 0 is at its end; partition 1 has records the consumer never handed over.
+    assert positions.stalled({(EVENTS, 0): 42, (EVENTS, 1): 30}) == {(EVENTS, 1): 7}
+    # A record arriving on the topic ends its silence.
+    now[0] += Positions.STALL_AFTER_S
+    positions.admit(events(EVENTS, 1, 7))
+    assert positions.quiet() == [("other", 0)]  # silent since its record
+    now[0] += Positions.STALL_AFTER_S
+    assert sorted(positions.quiet()) == [(EVENTS, 0), (EVENTS, 1), ("other", 0)]
+    assert positions.quiet() == []
