@@ -288,5 +288,5 @@ def test_a_silent_topic_is_checked_against_the_brokers_end_offsets() -> None:
     positions.admit(events(EVENTS, 1, 7))
     assert positions.quiet() == [("other", 0)]  # silent since its record
     now[0] += Positions.STALL_AFTER_S
-    assert sorted(positions.quiet()) == [(EVENTS, 0), (EVENTS, 1), ("other", 0)]
+    assert sorted(positions.quiet()) == sorted([(EVENTS, 0), (EVENTS, 1), ("other", 0)])
     assert positions.quiet() == []
