@@ -55,11 +55,12 @@ Example (``undertow worker`` does this)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -377,6 +378,7 @@ class Positions:
         self._heard: dict[tuple[str, int], float] = {}  # a record arrived, or a seek, at
         self._topic_heard: dict[str, float] = {}
         self._asked: dict[tuple[str, int], float] = {}  # the broker's end offset asked at
+        self._busy: dict[str, int] = {}  # topic -> batches being handled
         self._clock = clock
 
     def sought(self, topic: str, partition: int, offset: int | None) -> None:
@@ -390,6 +392,31 @@ class Positions:
         else:
             self._next[key] = offset
 
+    @contextlib.contextmanager
+    def handling(self, records: Sequence[Any]) -> Iterator[None]:
+        """Around the handling of admitted ``records``: their topics are busy, not silent
+        (a batch waiting out a warehouse outage takes no record for as long), and heard from
+        when it ends."""
+        topics = {event.message.topic for event in records}
+        for topic in topics:
+            self._busy[topic] = self._busy.get(topic, 0) + 1
+        try:
+            yield
+        finally:
+            now = self._clock()
+            for topic in topics:
+                self._busy[topic] -= 1
+                self._topic_heard[topic] = now
+            for event in records:
+                self._heard[(event.message.topic, event.message.partition)] = now
+
+    def _silent(self, key: tuple[str, int], now: float) -> bool:
+        return (
+            not self._busy.get(key[0])
+            and now - self._topic_heard.get(key[0], now) >= self.STALL_AFTER_S
+            and now - self._heard.get(key, now) >= self.STALL_AFTER_S
+        )
+
     def quiet(self) -> list[tuple[str, int]]:
         """Partitions with a known position whose topic has been silent for ``STALL_AFTER_S``:
         the ones to ask the broker's end offset for, each at most once per ``STALL_AFTER_S``."""
@@ -397,8 +424,7 @@ class Positions:
         quiet = []
         for key in self._next:
             if (
-                now - self._topic_heard.get(key[0], now) >= self.STALL_AFTER_S
-                and now - self._heard.get(key, now) >= self.STALL_AFTER_S
+                self._silent(key, now)
                 and now - self._asked.get(key, now - self.STALL_AFTER_S) >= self.STALL_AFTER_S
             ):
                 self._asked[key] = now
@@ -417,7 +443,7 @@ class Positions:
         stalled: dict[tuple[str, int], int] = {}
         for key, end in (ends or {}).items():
             position = self._next.get(key)
-            if position is not None and end > position:
+            if position is not None and end > position and not self._busy.get(key[0]):
                 stalled[key] = position
                 self._heard[key] = now
         for key, owed in list(self._owed.items()):
@@ -425,7 +451,7 @@ class Positions:
             if position is None or position > owed:
                 del self._owed[key]
                 continue
-            if now - self._heard.get(key, now) >= self.STALL_AFTER_S:
+            if not self._busy.get(key[0]) and now - self._heard.get(key, now) >= self.STALL_AFTER_S:
                 stalled[key] = position
                 self._heard[key] = now
         return stalled
@@ -784,29 +810,32 @@ def _add_ingest(
                 await stream.ack(event)
             if not events:
                 continue
-            # Hold each record until its batch is durable; see the module docstring.
-            for event in events:
-                event.message.incref()
-            records = _records(events)
-            try:
-                report = await ingest.process(records)
-            except Exception as exc:  # a bug, not data or an outage: stop, replay on restart
-                logger.critical("the ingest processor failed; stopping the worker", exc_info=True)
-                if health is not None:
-                    health.failure = exc
-                signal.raise_signal(signal.SIGTERM)
-                await asyncio.Event().wait()  # parked, unacknowledged, until cancelled
-                return
-            for event in events:
-                await stream.ack(event)
-            logger.debug(
-                "batch of %d: %d stored, %d dead letters, %.3f s (%s)",
-                report.records,
-                report.stored,
-                report.dead_letters,
-                report.seconds,
-                ", ".join(f"{step} {s:.3f}" for step, s in report.steps.items()),
-            )
+            with positions.handling(events):  # busy, not silent, while it stores
+                # Hold each record until its batch is durable; see the module docstring.
+                for event in events:
+                    event.message.incref()
+                records = _records(events)
+                try:
+                    report = await ingest.process(records)
+                except Exception as exc:  # a bug, not data or an outage: stop, replay on restart
+                    logger.critical(
+                        "the ingest processor failed; stopping the worker", exc_info=True
+                    )
+                    if health is not None:
+                        health.failure = exc
+                    signal.raise_signal(signal.SIGTERM)
+                    await asyncio.Event().wait()  # parked, unacknowledged, until cancelled
+                    return
+                for event in events:
+                    await stream.ack(event)
+                logger.debug(
+                    "batch of %d: %d stored, %d dead letters, %.3f s (%s)",
+                    report.records,
+                    report.stored,
+                    report.dead_letters,
+                    report.seconds,
+                    ", ".join(f"{step} {s:.3f}" for step, s in report.steps.items()),
+                )
 
     app.agent(source, name=f"undertow.streams.{settings.role}")(ingest_events)
 
@@ -1098,20 +1127,23 @@ def _add_rekey(
                 await stream.ack(event)
             for event in events:
                 event.message.incref()
-            try:
-                messages, headers, letters = route(_records(events))
-                if messages:
-                    await _retry(
-                        lambda: _send_all(app, target, messages, headers),  # noqa: B023
-                        backoff,
-                        target,
-                    )
-                if letters:
-                    pairs = [(None, v) for v in letters]
-                    await _publish(app, settings.deadletter_topic, pairs, backoff, "dead letters")
-            except Exception as exc:
-                await _fail(processor, exc, health)
-                return
+            with positions.handling(events):  # busy, not silent, while it forwards
+                try:
+                    messages, headers, letters = route(_records(events))
+                    if messages:
+                        await _retry(
+                            lambda: _send_all(app, target, messages, headers),  # noqa: B023
+                            backoff,
+                            target,
+                        )
+                    if letters:
+                        pairs = [(None, v) for v in letters]
+                        await _publish(
+                            app, settings.deadletter_topic, pairs, backoff, "dead letters"
+                        )
+                except Exception as exc:
+                    await _fail(processor, exc, health)
+                    return
             for event in events:
                 await stream.ack(event)
 
@@ -1223,23 +1255,26 @@ class _KeyedStage:
                 await _seek_back(self.app, positions, seeks)
                 for event in events:
                     event.message.incref()
-                async with self.lock:
-                    # Repeats of records handed over since the last seek: acknowledged with
-                    # the checkpoint that holds the first delivery.
-                    for event in repeats:
-                        event.message.incref()
-                        self.held.append((stream, event))
-                    if not events:
-                        continue
-                    try:
-                        output = await asyncio.to_thread(process, _records(events), self.generation)
-                        await emit(output)
-                    except Exception as exc:
-                        await _fail(f"{settings.role} processor", exc, health)
-                        return
-                    self.held.extend((stream, event) for event in events)
-                    if self.due():
-                        await self.checkpoint(state_of, forget)
+                with positions.handling(batch):  # busy, not silent, while it waits or works
+                    async with self.lock:
+                        # Repeats of records handed over since the last seek: acknowledged with
+                        # the checkpoint that holds the first delivery.
+                        for event in repeats:
+                            event.message.incref()
+                            self.held.append((stream, event))
+                        if not events:
+                            continue
+                        try:
+                            output = await asyncio.to_thread(
+                                process, _records(events), self.generation
+                            )
+                            await emit(output)
+                        except Exception as exc:
+                            await _fail(f"{settings.role} processor", exc, health)
+                            return
+                        self.held.extend((stream, event) for event in events)
+                        if self.due():
+                            await self.checkpoint(state_of, forget)
 
         source = self.app.topic(
             settings.repartition_topic, key_serializer="raw", value_serializer="raw"

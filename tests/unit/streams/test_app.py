@@ -290,3 +290,20 @@ def test_a_silent_topic_is_checked_against_the_brokers_end_offsets() -> None:
     now[0] += Positions.STALL_AFTER_S
     assert sorted(positions.quiet()) == sorted([(EVENTS, 0), (EVENTS, 1), ("other", 0)])
     assert positions.quiet() == []
+
+
+def test_a_topic_whose_batch_is_being_handled_is_busy_not_silent() -> None:
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    positions.sought(EVENTS, 0, 0)
+    batch = events(EVENTS, 0, 0, 1)
+    admitted = positions.admit(batch)[0]
+    positions.admit(events(EVENTS, 0, 5))  # a gap: 5 is held back, 2..4 are owed
+    with positions.handling(admitted):  # e.g. a batch waiting out a warehouse outage
+        now[0] += 3 * Positions.STALL_AFTER_S
+        assert positions.quiet() == [] and positions.stalled({(EVENTS, 0): 9}) == {}
+    # Heard from when the batch ends; silent again only STALL_AFTER_S later.
+    assert positions.quiet() == [] and positions.stalled() == {}
+    now[0] += Positions.STALL_AFTER_S
+    assert positions.quiet() == [(EVENTS, 0)]
+    assert positions.stalled({(EVENTS, 0): 9}) == {(EVENTS, 0): 2}
