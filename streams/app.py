@@ -370,6 +370,7 @@ class Positions:
 
     RESEEK_AFTER_S = 5.0
     STALL_AFTER_S = 10.0
+    CONFIRM_S = 2.0  # behind the broker at two asks this far apart, not records just arriving
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._next: dict[tuple[str, int], int] = {}
@@ -379,6 +380,7 @@ class Positions:
         self._topic_heard: dict[str, float] = {}
         self._asked: dict[tuple[str, int], float] = {}  # the broker's end offset asked at
         self._busy: dict[str, int] = {}  # topic -> batches being handled
+        self._behind: dict[tuple[str, int], tuple[int, float]] = {}  # position, first seen at
         self._clock = clock
 
     def sought(self, topic: str, partition: int, offset: int | None) -> None:
@@ -419,14 +421,13 @@ class Positions:
 
     def quiet(self) -> list[tuple[str, int]]:
         """Partitions with a known position whose topic has been silent for ``STALL_AFTER_S``:
-        the ones to ask the broker's end offset for, each at most once per ``STALL_AFTER_S``."""
+        the ones to ask the broker's end offset for, each at most once per ``STALL_AFTER_S``
+        (``CONFIRM_S`` while it was behind at the last ask)."""
         now = self._clock()
         quiet = []
         for key in self._next:
-            if (
-                self._silent(key, now)
-                and now - self._asked.get(key, now - self.STALL_AFTER_S) >= self.STALL_AFTER_S
-            ):
+            every = self.CONFIRM_S if key in self._behind else self.STALL_AFTER_S
+            if self._silent(key, now) and now - self._asked.get(key, now - every) >= every:
                 self._asked[key] = now
                 quiet.append(key)
         return quiet
@@ -438,12 +439,20 @@ class Positions:
         ``STALL_AFTER_S`` while records held back beyond their position were never handed
         over (each named again only after another ``STALL_AFTER_S`` of silence), and those of
         ``ends`` (the broker's end offsets of :meth:`quiet` partitions) with records past
-        their position."""
+        their position at two asks ``CONFIRM_S`` apart, with no progress between (at the
+        first, they may be records that just arrived)."""
         now = self._clock()
         stalled: dict[tuple[str, int], int] = {}
         for key, end in (ends or {}).items():
             position = self._next.get(key)
-            if position is not None and end > position and not self._busy.get(key[0]):
+            if position is None or end <= position or self._busy.get(key[0]):
+                self._behind.pop(key, None)
+                continue
+            seen = self._behind.get(key)
+            if seen is None or seen[0] != position:
+                self._behind[key] = (position, now)
+            elif now - seen[1] >= self.CONFIRM_S:
+                del self._behind[key]
                 stalled[key] = position
                 self._heard[key] = now
         for key, owed in list(self._owed.items()):
@@ -471,6 +480,7 @@ class Positions:
             msg = event.message
             key = (msg.topic, msg.partition)
             self._heard[key] = self._topic_heard[msg.topic] = now
+            self._behind.pop(key, None)
             expected = self._next.get(key)
             if key in blocked or (expected is not None and msg.offset > expected):
                 held_back.append(event)
