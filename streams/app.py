@@ -169,6 +169,7 @@ def build_app(
         worker_redirect_stdouts=False,
     )
     positions = None if settings.role == "judge" else Positions()
+    _seek_on_the_consumer_thread(app)
     _refuse_stale_acks(app, positions)
     if positions is not None:
         _watch_stalls(app, positions)
@@ -263,6 +264,27 @@ class Rereads:
         """The seek for ``tp`` went to ``offset`` instead (the records before are gone)."""
         if tp in self._sought:
             self._sought[tp] = (offset, self._sought[tp][1])
+
+
+def _seek_on_the_consumer_thread(app: Any) -> None:
+    """Have Faust's seeks run on the thread that owns the Kafka consumer.
+
+    Faust's aiokafka driver runs the consumer on a thread of its own, and ``Consumer.seek``
+    calls its ``seek`` from the worker's loop instead: that races with a fetch in progress,
+    which then either hands over records of the old position after the seek, or crashes the
+    fetcher (``KeyError`` in aiokafka's ``fetched_records``, seen in
+    tests/integration/test_monitor_workers.py). The seek is handed to that thread, as Faust
+    does with every other consumer call.
+    """
+    consumer = app.consumer
+    thread = getattr(consumer, "_thread", None)
+    if thread is None or not hasattr(thread, "call_thread"):
+        return  # another driver: its seek is its own business
+
+    async def seek(partition: Any, offset: int) -> None:
+        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
+
+    consumer._seek = seek
 
 
 def _refuse_stale_acks(app: Any, positions: Positions | None = None) -> Rereads:
