@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from undertow import __version__
@@ -430,7 +431,8 @@ def main() -> None:
     try:
         app()
     except UndertowError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        # The message is text, not markup: it may quote logs and paths such as "[/tmp/x]".
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)
 
 

@@ -35,3 +35,22 @@ def test_alerts_serve_refuses_to_start_without_a_channel(monkeypatch: pytest.Mon
     result = CliRunner().invoke(app, ["alerts", "serve"])
     assert result.exit_code != 0
     assert "no channel is configured" in result.output
+
+
+def test_an_error_prints_whole_even_when_it_quotes_brackets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message quoting a log or a path ("[/tmp/x]") is text, not rich markup."""
+    import undertow.cli as cli
+    from undertow.errors import UndertowError
+
+    message = "the drift process stopped:\n[11/25/26 04:38:27] WARNING see [/tmp/x] [bold]"
+
+    def fail() -> None:
+        raise UndertowError(message)
+
+    monkeypatch.setattr(cli, "app", fail)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    assert " ".join(capsys.readouterr().err.split()) == " ".join(f"error: {message}".split())
