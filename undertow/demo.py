@@ -289,7 +289,15 @@ class Components:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         process = ManagedProcess(name, self.run_dir)
-        environment = {**os.environ, "UNDERTOW_HOME": str(self.home), **env}
+        # Wide, plain logs: the demo reads the drift worker's log, which rich would otherwise
+        # wrap at the width of the terminal the demo runs in (80 columns without one).
+        environment = {
+            **os.environ,
+            "UNDERTOW_HOME": str(self.home),
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+            **env,
+        }
         process.spawn([sys.executable, "-m", "undertow.cli", *args], {}, env=environment)
         self.processes[name] = process
 
@@ -558,9 +566,10 @@ def _play(
 
     def loaded() -> bool | None:
         components.check()
-        text = drift_log.read_text(errors="replace")
+        # Whitespace-insensitive, should a line still wrap.
+        text = " ".join(drift_log.read_text(errors="replace").split())
         return (
-            any("baselines changed" in line and APP in line for line in text.splitlines()) or None
+            any(f"app={APP}/" in part for part in text.split("baselines changed for")[1:]) or None
         )
 
     wait_until(loaded, 60, "the drift worker loading the baseline")
