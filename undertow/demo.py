@@ -568,9 +568,8 @@ def _play(
         components.check()
         # Whitespace-insensitive, should a line still wrap.
         text = " ".join(drift_log.read_text(errors="replace").split())
-        return (
-            any(f"app={APP}/" in part for part in text.split("baselines changed for")[1:]) or None
-        )
+        changed = (part[:200] for part in text.split("baselines changed for")[1:])
+        return any(f"app={APP}/" in segments for segments in changed) or None
 
     wait_until(loaded, 60, "the drift worker loading the baseline")
     for phase_traces, label in _by_phase(traces[first:]):
