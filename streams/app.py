@@ -81,6 +81,7 @@ from undertow.streams.enrich import ContextLookup, Enricher
 from undertow.streams.ingest import Enrich, Ingest, SourceRecord, identity, letter
 from undertow.streams.policy_processor import PolicyProcessor, app_record_key
 from undertow.streams.scored import Scored, scored_record
+from undertow.streams.seeks import fence_seeks
 from undertow.streams.settings import WorkerSettings
 from undertow.streams.sink import Backoff, EventSink, SinkItem, warehouse_connector
 from undertow.streams.trace_store import TraceStore
@@ -169,7 +170,7 @@ def build_app(
         worker_redirect_stdouts=False,
     )
     positions = None if settings.role == "judge" else Positions()
-    _seek_on_the_consumer_thread(app)
+    fence_seeks(app)
     _refuse_stale_acks(app, positions)
     if positions is not None:
         _watch_stalls(app, positions)
@@ -266,27 +267,6 @@ class Rereads:
             self._sought[tp] = (offset, self._sought[tp][1])
 
 
-def _seek_on_the_consumer_thread(app: Any) -> None:
-    """Have Faust's seeks run on the thread that owns the Kafka consumer.
-
-    Faust's aiokafka driver runs the consumer on a thread of its own, and ``Consumer.seek``
-    calls its ``seek`` from the worker's loop instead: that races with a fetch in progress,
-    which then either hands over records of the old position after the seek, or crashes the
-    fetcher (``KeyError`` in aiokafka's ``fetched_records``, seen in
-    tests/integration/test_monitor_workers.py). The seek is handed to that thread, as Faust
-    does with every other consumer call.
-    """
-    consumer = app.consumer
-    thread = getattr(consumer, "_thread", None)
-    if thread is None or not hasattr(thread, "call_thread"):
-        return  # another driver: its seek is its own business
-
-    async def seek(partition: Any, offset: int) -> None:
-        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
-
-    consumer._seek = seek
-
-
 def _refuse_stale_acks(app: Any, positions: Positions | None = None) -> Rereads:
     """Keep Faust from acknowledging records it skipped after a rebalance, and read them again.
 
@@ -380,10 +360,11 @@ class Positions:
     are contiguous, so a gap is only real where retention removed records: the caller moves
     the position to the log's start then (:func:`_seek_back`).
 
-    A seek back does not always bring the records again: a seek that lands while Faust's
-    fetcher is still handing over an earlier fetch leaves the partition silent, with the held
+    A seek back did not always bring the records again: a seek that lands while Faust's
+    fetcher is still handing over an earlier fetch left the partition silent, with the held
     back records neither delivered again nor acknowledged (tests/integration/
-    test_monitor_workers.py saw a restarted drift worker stop 838 records short, for good).
+    test_monitor_workers.py saw a restarted drift worker stop 838 records short, for good);
+    :mod:`undertow.streams.seeks` makes a seek take effect at once.
     :meth:`stalled` names the partitions that owe records held back and have been silent for
     ``STALL_AFTER_S``, and those the broker has records for past the position while their
     whole topic has been silent that long (:meth:`quiet` names the ones to ask the broker
