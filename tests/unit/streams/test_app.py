@@ -126,6 +126,26 @@ def test_positions_pass_records_in_order_and_hold_back_a_partition_after_a_gap()
     assert offsets_of(admitted) == [(0, 104)]
 
 
+def test_a_batch_that_goes_on_with_the_records_a_seek_back_brought_passes_them() -> None:
+    """Seen in tests/integration/test_monitor_workers.py: after a seek back to 0, one batch
+    held the last records fetched before the seek (908, 909) and then 0, 1 fetched after it.
+    Holding back the whole rest of the batch left the partition silent until the watchdog."""
+    positions = Positions()
+    positions.sought(EVENTS, 0, 0)
+    assert positions.admit(events(EVENTS, 0, 907))[3] == {TP(EVENTS, 0): 0}
+    admitted, repeats, held, seeks = positions.admit(
+        events(EVENTS, 0, 908, 909, 0, 1) + events(EVENTS, 1, 3)
+    )
+    assert offsets_of(held) == [(0, 908), (0, 909)]
+    assert offsets_of(admitted) == [(0, 0), (0, 1), (1, 3)] and not repeats
+    assert seeks == {}  # sought already, and the records came
+    # A gap and then the record at the position in one batch: no seek planned after all.
+    admitted, _, held, seeks = positions.admit(events(EVENTS, 0, 5, 2, 3))
+    assert offsets_of(admitted) == [(0, 2), (0, 3)] and offsets_of(held) == [(0, 5)]
+    assert seeks == {}
+    assert offsets_of(positions.admit(events(EVENTS, 0, 4, 5))[0]) == [(0, 4), (0, 5)]
+
+
 def test_positions_wait_for_the_record_at_the_position_and_seek_again_when_it_is_late() -> None:
     now = [0.0]
     positions = Positions(clock=lambda: now[0])
