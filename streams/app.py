@@ -538,9 +538,26 @@ def _watch_stalls(app: Any, positions: Positions) -> None:
                 offset,
                 Positions.STALL_AFTER_S,
             )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s[%d]: %s", tp.topic, tp.partition, await _fetch_state(app, tp))
         await _seek_back(app, positions, seeks)
 
     app.timer(1.0, name="undertow.streams.stalls")(seek_stalled)
+
+
+async def _fetch_state(app: Any, tp: Any) -> str:
+    """Where Faust and aiokafka stand on a partition, for the log of a stall."""
+    consumer = app.consumer
+    try:
+        position = await consumer.position(tp)
+    except Exception as exc:  # a diagnostic: never in the way
+        position = repr(exc)
+    return (
+        f"read offset {consumer._read_offset.get(tp)}, position {position}, "
+        f"active {tp in (consumer._active_partitions or ())}, "
+        f"buffered {tp in consumer._buffered_partitions}, "
+        f"paused {tp in consumer._paused_partitions}, flow active {consumer.flow_active}"
+    )
 
 
 async def _seek_back(app: Any, positions: Positions, seeks: Mapping[Any, int]) -> None:
