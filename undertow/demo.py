@@ -48,7 +48,7 @@ from undertow.services.bus import publish
 from undertow.services.scenario import Phase, PlannedTrace, Scenario, ScenarioTexts
 from undertow.settings import StackSettings
 
-APP = "support-bot"  # the scenario's traffic
+APP = "support-bot"  # the scenario's traffic (another name when an earlier run's overlaps)
 CHAT_APP = "support-chat"  # the traffic through the gateway
 MODEL = "SmolLM2-135M-Instruct"
 ROUTING_KEY = "DemoRoutingKey0123456789abcdefgh"
@@ -177,9 +177,13 @@ class DemoResult:
     run_id: str
     seconds: float
     counts: Counts
+    app: str = APP  # the app name of this run's scenario traffic
     outcomes: list[Any] = field(default_factory=list)
     report: Path | None = None
     rollback_seconds: float | None = None
+    # When the gateway began serving the LoRA version users then rate badly, and which one.
+    promoted_at: datetime | None = None
+    promoted_version: str | None = None
     false_alarms: list[str] = field(default_factory=list)
 
     @property
@@ -329,23 +333,32 @@ class Components:
 class Monitor:
     """Polls the warehouse for this run's counts and renders them live."""
 
-    def __init__(self, warehouse: Callable[[], Any], since: datetime, console: Console) -> None:
+    def __init__(
+        self,
+        warehouse: Callable[[], Any],
+        app: str,
+        since: datetime,
+        chat_since: datetime,
+        console: Console,
+    ) -> None:
         self.warehouse = warehouse
-        self.since = since
+        # This run's rows: the scenario's app from its first event time, the gateway's app
+        # (real time, shared by every run) from the run's start.
+        self.params = {"app": app, "since": since, "chat": CHAT_APP, "chat_since": chat_since}
         self.console = console
         self.counts = Counts()
         self._stop = threading.Event()
 
     def refresh(self) -> Counts:
         client = self.warehouse()
-        params = {"apps": [APP, CHAT_APP], "since": self.since}
 
         def count(table: str, where: str = "") -> int:
             sql = (
-                f"SELECT count() FROM {table} WHERE app IN {{apps:Array(String)}} "
-                f"AND event_time >= {{since:DateTime64(6)}} {where}"
+                f"SELECT count() FROM {table} WHERE ((app = {{app:String}} "
+                "AND event_time >= {since:DateTime64(6)}) OR (app = {chat:String} "
+                f"AND event_time >= {{chat_since:DateTime64(6)}})) {where}"
             )
-            return int(client.query(sql, parameters=params).result_rows[0][0])
+            return int(client.query(sql, parameters=self.params).result_rows[0][0])
 
         c = self.counts
         c.stored = count("events")
@@ -423,6 +436,24 @@ def _cli(home: Path, *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def traffic_app(client: Any, start: datetime) -> str:
+    """The app name of a run whose scenario begins at event time ``start``: ``support-bot``,
+    unless an earlier run's traffic under that name reaches past ``start`` (its incidents
+    would blend into this run's, and the policy engine of that app, whose event-time
+    watermark has passed ``start``, would drop this run's events as late); then the first of
+    ``support-bot-2``, ``support-bot-3``, ... without such traffic."""
+    n = 1
+    while True:
+        app = APP if n == 1 else f"{APP}-{n}"
+        latest = client.query(
+            "SELECT count(), max(event_time) FROM events WHERE app = {app:String}",
+            parameters={"app": app},
+        ).result_rows[0]
+        if not latest[0] or _utc(latest[1]) < start:
+            return app
+        n += 1
+
+
 def run_demo(
     settings: StackSettings,
     *,
@@ -453,19 +484,27 @@ def run_demo(
     texts = ScenarioTexts.load()
     phases = scenario_phases(scale)
     duration = sum((timedelta(seconds=p.traces * p.spacing_s) for p in phases), timedelta())
-    start = datetime.now(UTC) - duration - timedelta(minutes=2)
-    scenario = Scenario(phases, texts, seed=seed, app=APP, start=start)
+    began_at = datetime.now(UTC)
+    start = began_at - duration - timedelta(minutes=2)
+    app = traffic_app(warehouse(), start)
+    if app != APP:
+        console.print(
+            f"{APP} already has traffic from {start:%H:%M:%S} UTC on (an earlier demo run): "
+            f"this run's traffic is app {app}, so the two runs' windows, incidents and "
+            "figures stay apart"
+        )
+    scenario = Scenario(phases, texts, seed=seed, app=app, start=start)
     traces = list(scenario.traces())
     components = Components(settings.home, run_dir)
-    monitor = Monitor(warehouse, start, console)
-    result = DemoResult(run_id, 0.0, monitor.counts)
+    monitor = Monitor(warehouse, app, start, began_at, console)
+    result = DemoResult(run_id, 0.0, monitor.counts, app=app)
     try:
         _register(settings.home, run_dir)
         components.start(rules)
         console.print(f"workers, actions, alerts and the gateway starting (logs in {run_dir})")
         with monitor.live():
-            _play(info, scenario, traces, components, monitor, settings.home)
-            result.rollback_seconds = _quality_regression(info, components, monitor, warehouse)
+            _play(info, app, scenario, traces, components, monitor, settings.home)
+            _quality_regression(info, components, monitor, warehouse, result)
             monitor.counts.phase = "settling"
             _settle(monitor, components)
         result.outcomes = _outcomes(scenario, traces, components, warehouse, result)
@@ -530,6 +569,7 @@ def _make_adapter(folder: Path) -> None:
 
 def _play(
     info: StackInfo,
+    app: str,
     scenario: Scenario,
     traces: list[PlannedTrace],
     components: Components,
@@ -557,7 +597,7 @@ def _play(
         "baseline", "build",
         "--since", scenario.start.isoformat(),
         "--until", until.isoformat(),
-        "--app", APP,
+        "--app", app,
         "--target-rate", "1e-4",
         "--calibration-events", "300000",
         "--skip-small",
@@ -569,7 +609,7 @@ def _play(
         # Whitespace-insensitive, should a line still wrap.
         text = " ".join(drift_log.read_text(errors="replace").split())
         changed = (part[:200] for part in text.split("baselines changed for")[1:])
-        return any(f"app={APP}/" in segments for segments in changed) or None
+        return any(f"app={app}/" in segments for segments in changed) or None
 
     wait_until(loaded, 60, "the drift worker loading the baseline")
     for phase_traces, label in _by_phase(traces[first:]):
@@ -603,11 +643,15 @@ def _by_phase(traces: list[PlannedTrace]) -> Iterator[tuple[list[PlannedTrace], 
 
 
 def _quality_regression(
-    info: StackInfo, components: Components, monitor: Monitor, warehouse: Callable[[], Any]
-) -> float | None:
+    info: StackInfo,
+    components: Components,
+    monitor: Monitor,
+    warehouse: Callable[[], Any],
+    result: DemoResult,
+) -> None:
     """Promote the LoRA version, let users rate it badly through the gateway until the policy's
-    rollback makes the gateway serve the previous version; seconds from the rollback request
-    to the gateway serving it."""
+    rollback makes the gateway serve the previous version. Sets ``result``'s promotion time
+    and version, and the seconds from the rollback request to the gateway serving it."""
     from undertow.services.registry.client import RegistryClient
     from undertow.services.registry.state import promote_model
     from undertow.services.sdk import SdkConfig, Undertow
@@ -635,6 +679,8 @@ def _quality_regression(
         60,
         f"the gateway serving version {bad.version}",
     )
+    result.promoted_at = datetime.now(UTC)
+    result.promoted_version = bad.version
     counts.phase = f"gateway: version {bad.version} (LoRA) rated badly"
     switched: list[float] = []
     stop = threading.Event()
@@ -683,7 +729,7 @@ def _quality_regression(
         stop.set()
         watcher.join(5)
     if not switched:
-        return None
+        return
     rows = (
         warehouse()
         .query(
@@ -694,7 +740,8 @@ def _quality_regression(
         .result_rows
     )
     requested = rows[0][0] if rows and rows[0][0] else None
-    return None if requested is None else round(switched[0] - requested.timestamp(), 2)
+    if requested is not None:
+        result.rollback_seconds = round(switched[0] - requested.timestamp(), 2)
 
 
 def _settle(monitor: Monitor, components: Components) -> None:
@@ -728,9 +775,9 @@ def _outcomes(
     for incident, end in zip(incidents, ends, strict=True):
         row = client.query(
             "SELECT min(event_time), argMin(summary, event_time), argMin(ifNull(sql, ''), "
-            "event_time) FROM alerts FINAL WHERE rule = {rule:String} AND status = 'firing' "
-            "AND event_time >= {start:DateTime64(6)}",
-            parameters={"rule": incident.caught_by, "start": incident.started},
+            "event_time) FROM alerts FINAL WHERE app = {app:String} AND rule = {rule:String} "
+            "AND status = 'firing' AND event_time >= {start:DateTime64(6)}",
+            parameters={"app": result.app, "rule": incident.caught_by, "start": incident.started},
         ).result_rows[0]
         if incident.caught_by == "drift_detected":
             # A detection joins a drift incident already open on its stream, so the first
@@ -738,7 +785,7 @@ def _outcomes(
             first = client.query(
                 "SELECT min(event_time), count() FROM drift FINAL WHERE app = {app:String} "
                 "AND detected AND event_time >= {start:DateTime64(6)}",
-                parameters={"app": APP, "start": incident.started},
+                parameters={"app": result.app, "start": incident.started},
             ).result_rows[0]
             if first[1]:
                 row = (
@@ -767,16 +814,37 @@ def _outcomes(
                 sql=row[2] or None,
             )
         )
+    # The gateway's app is shared by every run: this run's rows come after its promotion.
+    promoted = result.promoted_at or datetime.now(UTC)
     actions = client.query(
         "SELECT argMax(phase, ingested_at), argMax(result, ingested_at), min(event_time) "
-        "FROM actions FINAL WHERE action_type = 'rollback' "
+        "FROM actions FINAL WHERE action_type = 'rollback' AND event_time >= {p:DateTime64(6)} "
         "GROUP BY ifNull(request_id, toString(event_id)) "
-        "ORDER BY min(event_time) DESC LIMIT 1"
+        "ORDER BY min(event_time) DESC LIMIT 1",
+        parameters={"p": promoted},
     ).result_rows
     alert = client.query(
         "SELECT min(event_time), argMin(summary, event_time) FROM alerts FINAL "
-        "WHERE rule = 'bad_feedback' AND status = 'firing'"
+        "WHERE app = {app:String} AND rule = 'bad_feedback' AND status = 'firing' "
+        "AND event_time >= {p:DateTime64(6)}",
+        parameters={"app": CHAT_APP, "p": promoted},
     ).result_rows[0]
+    caught_at = _utc(alert[0]) if alert[1] else None
+    started = result.promoted_at or caught_at or traces[-1].at
+    # The bad version's answers (one trace each) before the alert: how late it was caught.
+    served = None
+    if caught_at is not None and result.promoted_version is not None:
+        served = client.query(
+            "SELECT uniqExact(trace_id) FROM events FINAL WHERE app = {app:String} "
+            "AND event_type = 'completion' AND model_version = {version:String} "
+            "AND event_time >= {start:DateTime64(6)} AND event_time < {caught:DateTime64(6)}",
+            parameters={
+                "app": CHAT_APP,
+                "version": result.promoted_version,
+                "start": started,
+                "caught": caught_at,
+            },
+        ).result_rows[0][0]
     action = None
     if actions:
         phase, answer, _ = actions[0]
@@ -790,11 +858,11 @@ def _outcomes(
         IncidentOutcome(
             kind="quality_regression",
             description="a LoRA version of the model is promoted and users rate it badly",
-            started=_utc(alert[0]) if alert[1] else traces[-1].at,
+            started=started,
             ended=datetime.now(UTC),
             caught_by="bad_feedback",
-            caught_at=_utc(alert[0]) if alert[1] else None,
-            delay_events=None,
+            caught_at=caught_at,
+            delay_events=served,
             alert=alert[1] or None,
             delivered=components.delivered("bad_feedback"),
             action=action,
@@ -812,7 +880,7 @@ def _outcomes(
         "UNION ALL SELECT event_time, concat('alert ', rule) FROM alerts FINAL "
         "WHERE app = {app:String} AND status = 'firing' AND rule != 'drift_detected' "
         "AND event_time >= {since:DateTime64(6)} AND event_time < {until:DateTime64(6)}",
-        parameters={"app": APP, "since": baseline_end, "until": first},
+        parameters={"app": result.app, "since": baseline_end, "until": first},
     ).result_rows
     result.false_alarms = [f"{what} at {_utc(at):%H:%M:%S}" for at, what in sorted(rows)]
     return outcomes
@@ -861,7 +929,7 @@ def _report(
     c = result.counts
     html = build_report(
         warehouse(),
-        app=APP,
+        app=result.app,
         since=scenario.start,
         until=datetime.now(UTC),
         incidents=result.outcomes,

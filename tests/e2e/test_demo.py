@@ -35,6 +35,11 @@ def test_demo_catches_every_planted_incident(tmp_path: Path) -> None:
                 (line for line in out.splitlines() if line.lstrip("│ ").startswith(kind)), ""
             )
             assert row and " yes " in row, f"{kind} not caught:\n{out[-6000:]}"
+            # how late: the incident's traces (for the regression, the bad version's answers)
+            # sent before the catch; the regression cannot be caught before any answer
+            after = re.search(r"\byes\b\W+(\d+) traces\b", row)
+            assert after, f"{kind} has no delay:\n{row}"
+            assert kind != "quality_regression" or int(after.group(1)) > 0, row
         caught = re.search(r"(\d+) of (\d+) incidents caught in (\d+) s", out)
         assert caught and caught.group(1) == caught.group(2) == str(len(INCIDENTS)), out[-3000:]
         flat = " ".join(out.split())
