@@ -4,7 +4,8 @@ The page holds a header with the run summary, a table of the planted incidents (
 how late, the alert, the channels that got the page, the action taken, the SQL to look at it)
 and four plotly figures over event time:
 
-1. drift: each (segment, stream, detector)'s statistic against its threshold, detections marked;
+1. drift: each stream's traced statistic with its detections marked (a detector's own statistic
+   against its threshold for streams without a trace);
 2. scores: per-minute mean toxicity and injection, and the share of events above 0.5 and 0.8;
 3. cost and latency per segment (model, prompt version): per-minute cost, p50 and p95 latency;
 4. timeline: traffic per minute by event type, each incident's period shaded, its catch marked.
@@ -55,6 +56,8 @@ NO_DATA: Final = "no data"
 _PLOT_CONFIG: Final = {"responsive": True, "displaylogo": False}
 _CAUGHT_COLOUR: Final = "rgba(255, 165, 0, 0.18)"
 _MISSED_COLOUR: Final = "rgba(220, 20, 60, 0.18)"
+_DETECTED_MARKER: Final = {"symbol": "x", "size": 11, "color": "crimson"}
+_UNCONFIRMED_MARKER: Final = {"symbol": "circle-open", "size": 10, "color": "grey"}
 
 
 class ReportError(UndertowError):
@@ -303,45 +306,68 @@ TRACE_DETECTOR: Final = DRIFT_TRACE_DETECTOR
 
 
 def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
-    """One panel per (segment, stream, detector): the statistic (rows not detected) as a line,
-    the threshold dashed, detections (rows detected) as markers."""
-    title = "Drift statistics against their thresholds"
+    """One panel per series, full width (no legend: each panel's title names its series).
+
+    A stream the drift role traces (``TRACE_DETECTOR``, the mean of the detector's recent
+    inputs) gets one panel: the trace as a line, the stream's detections of any detector
+    marked on it at the traced value of that moment (crosses when confirmed, open circles when
+    the confirmation test turned them down), each mark's hover naming the detector, its
+    statistic and threshold. A detector's own rows get a panel of their own only for streams
+    without a trace: the statistic (rows not detected) as a line, the threshold dashed,
+    detections as crosses."""
+    title = "Drift statistics over event time"
     if not points:
         return empty_figure(title)
     key = _drift_key
-    series = [(k, list(g)) for k, g in groupby(sorted(points, key=key), key=key)]
-    detections: dict[tuple[str, str], list[DriftPoint]] = {}
+    traced = {(p.segment, p.stream) for p in points if p.detector == TRACE_DETECTOR}
+    series = [
+        (k, list(g))
+        for k, g in groupby(sorted(points, key=key), key=key)
+        if k[2] == TRACE_DETECTOR or (k[0], k[1]) not in traced
+    ]
+    found: dict[tuple[str, str], list[DriftPoint]] = {}
     for p in points:
-        if p.detected:
-            detections.setdefault((p.segment, p.stream), []).append(p)
+        if p.detector != TRACE_DETECTOR and (p.segment, p.stream) in traced:
+            found.setdefault((p.segment, p.stream), []).append(p)
+    segments = {s for (s, _, _), _ in series}
+    one_segment = len(segments) == 1
+
+    def panel_title(segment: str, stream: str, detector: str) -> str:
+        named = stream if one_segment else f"{segment} · {stream}"
+        kind = "recent mean" if detector == TRACE_DETECTOR else detector
+        return plot_text(f"{named} ({kind})")
+
     figure = make_subplots(
         rows=len(series),
         cols=1,
         shared_xaxes=True,
         vertical_spacing=min(0.08, 0.3 / len(series)),
-        subplot_titles=[plot_text(f"{s} · {st} ({d})") for (s, st, d), _ in series],
+        subplot_titles=[panel_title(*k) for k, _ in series],
     )
     for row, ((segment, stream, detector), rows) in enumerate(series, start=1):
         meta = {"segment": segment, "stream": stream, "detector": detector}
         label = plot_text(f"{segment} · {stream}")
         line = [p for p in rows if not p.detected]
-        hits = [p for p in rows if p.detected]
-        if detector == TRACE_DETECTOR and line:
-            # The traced mean has no detections of its own: mark the stream's detections
-            # (of any detector) on it, at the traced value of that moment.
-            hits = [
-                DriftPoint(
-                    p.segment, p.stream, detector, p.event_time, _at(line, p.event_time), 0.0, True
-                )
-                for p in detections.get((segment, stream), [])
-            ]
+        marks: list[tuple[str, list[DriftPoint], list[float], dict[str, Any]]] = []
+        if detector == TRACE_DETECTOR:
+            if not line:
+                continue
+            hits = found.get((segment, stream), [])
+            for role, shown, marker in (
+                ("detected", [p for p in hits if p.detected], _DETECTED_MARKER),
+                ("unconfirmed", [p for p in hits if not p.detected], _UNCONFIRMED_MARKER),
+            ):
+                if shown or role == "detected":
+                    marks.append((role, shown, [_at(line, p.event_time) for p in shown], marker))
+        else:
+            hits = [p for p in rows if p.detected]
+            marks.append(("detected", hits, [p.statistic for p in hits], _DETECTED_MARKER))
         figure.add_trace(
             go.Scatter(
                 x=[plot_time(p.event_time) for p in line],
                 y=[p.statistic for p in line],
                 mode="lines",
                 name=f"{label}: statistic",
-                legendgroup=label,
                 meta={**meta, "role": "statistic"},
             ),
             row=row,
@@ -355,35 +381,51 @@ def drift_figure(points: Sequence[DriftPoint]) -> go.Figure:
                     mode="lines",
                     line={"dash": "dash", "color": "grey"},
                     name=f"{label}: threshold",
-                    legendgroup=label,
                     meta={**meta, "role": "threshold"},
                 ),
                 row=row,
                 col=1,
             )
-        figure.add_trace(
-            go.Scatter(
-                x=[plot_time(p.event_time) for p in hits],
-                y=[p.statistic for p in hits],
-                mode="markers",
-                marker={"symbol": "x", "size": 11, "color": "crimson"},
-                name=f"{label}: detected",
-                legendgroup=label,
-                meta={**meta, "role": "detected"},
-            ),
-            row=row,
-            col=1,
-        )
-    figure.update_layout(title=title, height=max(320, 240 * len(series)))
+        for role, shown, ys, marker in marks:
+            figure.add_trace(
+                go.Scatter(
+                    x=[plot_time(p.event_time) for p in shown],
+                    y=ys,
+                    mode="markers",
+                    marker=marker,
+                    name=f"{label}: {role}",
+                    hovertext=[
+                        plot_text(
+                            f"{p.detector}: {p.statistic:.4g} against {p.threshold:.4g}"
+                            f" ({'confirmed' if p.detected else 'not confirmed'})"
+                        )
+                        for p in shown
+                    ],
+                    meta={**meta, "role": role},
+                ),
+                row=row,
+                col=1,
+            )
+    heading = f"{title}: {next(iter(segments))}" if one_segment else title
+    figure.update_layout(
+        title=plot_text(heading), height=max(320, 200 * len(series)), showlegend=False
+    )
+    figure.update_annotations(font_size=13)  # the panels' titles
     figure.update_xaxes(type="date")
     figure.update_xaxes(title="event time (UTC)", row=len(series), col=1)
     return figure
 
 
 def _at(line: Sequence[DriftPoint], moment: datetime) -> float:
-    """The traced statistic at ``moment``: the last trace point at or before it."""
-    before = [p.statistic for p in line if p.event_time <= moment]
-    return before[-1] if before else line[0].statistic
+    """The traced statistic at ``moment`` on the line as drawn: interpolated between the trace
+    points around it, the first or last point's value outside them."""
+    before = [p for p in line if p.event_time <= moment]
+    after = [p for p in line if p.event_time > moment]
+    if not before or not after:
+        return (before[-1] if before else after[0]).statistic
+    a, b = before[-1], after[0]
+    share = (moment - a.event_time) / (b.event_time - a.event_time)
+    return a.statistic + share * (b.statistic - a.statistic)
 
 
 def _drift_key(point: DriftPoint) -> tuple[str, str, str]:
@@ -518,7 +560,7 @@ def timeline_figure(
     for t in traffic:
         totals[t.minute] = totals.get(t.minute, 0) + t.events
     top = max(totals.values(), default=1)
-    for incident in incidents:
+    for n, incident in enumerate(incidents):
         figure.add_vrect(
             x0=plot_time(incident.started),
             x1=plot_time(incident.ended),
@@ -527,6 +569,10 @@ def timeline_figure(
             layer="below",
             annotation_text=plot_text(incident.kind),
             annotation_position="top left",
+            # Incidents follow each other closely: their names on three staggered lines.
+            annotation_y=1 - 0.06 * (n % 3),
+            annotation_yanchor="top",
+            annotation_font_size=11,
             name=plot_text(incident.kind),
         )
     caught = [i for i in incidents if i.caught_at is not None]
@@ -534,12 +580,10 @@ def timeline_figure(
         figure.add_trace(
             go.Scatter(
                 x=[plot_time(i.caught_at) for i in caught if i.caught_at is not None],
-                y=[top * 1.05] * len(caught),
-                mode="markers+text",
+                y=[top * 1.05] * len(caught),  # above the bars, below the incidents' names
+                mode="markers",  # the shading names the incident; the hover says the alert
                 marker={"symbol": "star", "size": 14, "color": "black"},
-                text=[plot_text(f"caught: {i.kind}") for i in caught],
-                textposition="top center",
-                hovertext=[plot_text(i.alert or i.caught_by) for i in caught],
+                hovertext=[plot_text(f"caught {i.kind}: {i.alert or i.caught_by}") for i in caught],
                 name="caught",
                 meta={"role": "caught", "kinds": [i.kind for i in caught]},
             )
@@ -554,7 +598,8 @@ def timeline_figure(
             showarrow=False,
         )
     figure.update_xaxes(type="date", title="event time (UTC)")
-    figure.update_yaxes(title="events per minute", rangemode="tozero")
+    # Headroom over the bars for the stars and the incidents' staggered names.
+    figure.update_yaxes(title="events per minute", range=[0, top * 1.4])
     figure.update_layout(title=title, barmode="stack", height=460)
     return figure
 
@@ -567,7 +612,9 @@ def report_plots(data: ReportData, incidents: Sequence[IncidentOutcome]) -> list
             "Drift",
             drift_figure(data.drift),
             empty=not data.drift,
-            note="Each segment's drift statistic over event time; crosses mark detections.",
+            note="Each stream's drift statistic over event time (for a traced stream, the mean"
+            " of its detector's recent inputs); crosses mark confirmed detections, open"
+            " circles detections the confirmation test turned down.",
             sql=DRIFT_SQL,
         ),
         Plot(
@@ -607,9 +654,10 @@ h1 { margin-bottom: 0.2rem; }
 dl.summary { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
 dl.summary dt { font-weight: 600; }
 dl.summary dd { margin: 0; }
-table.incidents { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
+table.incidents { border-collapse: collapse; width: 100%; font-size: 0.9rem;
+  table-layout: fixed; }
 table.incidents th, table.incidents td { border: 1px solid #ccc; padding: 0.3rem 0.5rem;
-  vertical-align: top; text-align: left; }
+  vertical-align: top; text-align: left; overflow-wrap: anywhere; }
 td.caught { color: #146c2e; font-weight: 600; }
 td.missed { color: #b00020; font-weight: 600; }
 pre { white-space: pre-wrap; margin: 0; font-size: 0.8rem; }
@@ -675,6 +723,8 @@ _INCIDENT_COLUMNS: Final = (
     "action",
     "SQL",
 )
+# Percent of the table's width per column: room for the texts, the SQL widest.
+_INCIDENT_WIDTHS: Final = (12, 10, 9, 7, 9, 7, 14, 8, 9, 15)
 
 
 def render_incidents(incidents: Sequence[IncidentOutcome]) -> str:
@@ -682,6 +732,7 @@ def render_incidents(incidents: Sequence[IncidentOutcome]) -> str:
     if not incidents:
         return '<p class="no-data">No incidents in this run.</p>'
     head = "".join(f"<th>{escape(c)}</th>" for c in _INCIDENT_COLUMNS)
+    widths = "".join(f'<col style="width: {w}%">' for w in _INCIDENT_WIDTHS)
     rows = []
     for i in incidents:
         outcome = (
@@ -701,7 +752,7 @@ def render_incidents(incidents: Sequence[IncidentOutcome]) -> str:
         ]
         rows.append(f'<tr class="incident" data-kind="{escape(i.kind)}">{"".join(cells)}</tr>')
     return (
-        f'<table class="incidents"><thead><tr>{head}</tr></thead>'
+        f'<table class="incidents"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

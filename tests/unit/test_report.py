@@ -315,5 +315,40 @@ def test_the_traced_statistic_carries_the_streams_detections() -> None:
     line = next(t for t in traced if t.meta["role"] == "statistic")
     marks = next(t for t in traced if t.meta["role"] == "detected")
     assert list(line.y) == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert list(marks.y) == [2.0]  # at the traced value of that moment, not the test's 9.0
+    # on the drawn line at that moment (halfway from 2.0 to 3.0), not at the test's 9.0
+    assert list(marks.y) == [2.5]
     assert [t.meta["role"] for t in traced] == ["statistic", "detected"]  # no threshold line
+
+
+def test_a_traced_stream_is_one_panel_with_confirmed_and_unconfirmed_detections() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    trace = [
+        DriftPoint("seg", "topic", TRACE_DETECTOR, t0 + timedelta(minutes=i), float(i), 0.0, False)
+        for i in range(5)
+    ]
+    confirmed = DriftPoint(
+        "seg", "topic", "adwin+novelty", t0 + timedelta(minutes=3), 2.5, 1.0, True
+    )
+    turned_down = DriftPoint(
+        "seg", "topic", "adwin+novelty", t0 + timedelta(minutes=1), 0.5, 1.0, False
+    )
+    untraced = [
+        DriftPoint("seg", "cost", "page_hinkley", t0 + timedelta(minutes=i), 0.1 * i, 1.0, i == 2)
+        for i in range(3)
+    ]
+    figure = drift_figure([*trace, confirmed, turned_down, *untraced]).to_plotly_json()
+    panels = {(t["meta"]["stream"], t["meta"]["detector"]) for t in figure["data"]}
+    # the traced stream's detector rows live on the trace's panel, not a panel of their own
+    assert panels == {("topic", TRACE_DETECTOR), ("cost", "page_hinkley")}
+    by_role = {
+        t["meta"]["role"]: t for t in figure["data"] if t["meta"]["detector"] == TRACE_DETECTOR
+    }
+    assert set(by_role) == {"statistic", "detected", "unconfirmed"}
+    assert list(by_role["detected"]["y"]) == [3.0]
+    assert list(by_role["unconfirmed"]["y"]) == [1.0]
+    assert list(by_role["detected"]["hovertext"]) == ["adwin+novelty: 2.5 against 1 (confirmed)"]
+    assert by_role["unconfirmed"]["marker"]["symbol"] != by_role["detected"]["marker"]["symbol"]
+    assert figure["layout"]["showlegend"] is False
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert titles == ["cost (page_hinkley)", "topic (recent mean)"]  # one segment: not repeated
+    assert "seg" in figure["layout"]["title"]["text"]
