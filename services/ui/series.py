@@ -165,14 +165,17 @@ def drift(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def _traced_at(series: Mapping[str, Any], moment: str) -> float | None:
-    """The traced value at ``moment`` (ISO time): the last point at or before it, else the
-    first."""
-    value = series["statistic"][0]
-    for t, v in zip(series["t"], series["statistic"], strict=True):
-        if t > moment:
-            break
-        value = v
-    return value  # type: ignore[no-any-return]
+    """The traced value at ``moment`` (ISO time) on the line as drawn: interpolated between
+    the points around it, the first or last point's value outside them."""
+    times, values = series["t"], series["statistic"]
+    after = next((i for i, t in enumerate(times) if t > moment), len(times))
+    if after == 0 or after == len(times):
+        return values[0] if after == 0 else values[-1]  # type: ignore[no-any-return]
+    a, b = values[after - 1], values[after]
+    if a is None or b is None:
+        return a if b is None else b  # type: ignore[no-any-return]
+    t0, t1, t = (datetime.fromisoformat(x) for x in (times[after - 1], times[after], moment))
+    return float(a + (t - t0) / (t1 - t0) * (b - a))
 
 
 # Order of the span types within one instant: a prompt comes before what answers it.

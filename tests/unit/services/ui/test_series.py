@@ -108,7 +108,8 @@ def test_a_trace_series_carries_its_streams_detections_at_the_traced_value() -> 
         True,
         False,
     )
-    assert trace["detections"] == {"t": [iso(NOW_MS + 2500)], "statistic": [2.0]}
+    # on the drawn line: halfway between the points at 2 s (2.0) and 3 s (3.0)
+    assert trace["detections"] == {"t": [iso(NOW_MS + 2500)], "statistic": [2.5]}
     assert adwin["detections"]["statistic"] == [9.0] and other["segment"] == "other"
 
 
