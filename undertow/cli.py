@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,7 +135,11 @@ def demo(
     """
     from undertow.demo import run_demo
 
-    result = run_demo(StackSettings(), seed=seed, scale=scale, report_path=report, console=console)
+    # Without a terminal (make demo piped or logged) rich would wrap the tables at 80 columns
+    # and cut the incidents' names; a log has room for wide lines.
+    wide = console.is_terminal or "COLUMNS" in os.environ
+    out = console if wide else Console(width=160)
+    result = run_demo(StackSettings(), seed=seed, scale=scale, report_path=report, console=out)
     if result.caught < len(result.outcomes):
         raise typer.Exit(1)
 
