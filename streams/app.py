@@ -818,7 +818,7 @@ def _add_ingest(
             ]
             if messages:
                 await _retry(lambda: send_all(scored_topic, messages), backoff, "scored events")
-        store.apply(items)
+        store.apply(items, committed_offset)
 
     ingest = Ingest(
         sink,

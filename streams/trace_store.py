@@ -33,6 +33,7 @@ each. An event arriving after its trace was written (late feedback) starts a new
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
@@ -50,6 +51,7 @@ from undertow.streams.traces import (
 )
 
 Send = Callable[[int, str, Mapping[str, Any] | None], None]
+logger = logging.getLogger(__name__)
 
 
 class TraceEntry(NamedTuple):
@@ -114,7 +116,11 @@ class TraceStore:
         value = self.data.get(trace_id)
         return None if value is None else TraceContext.from_dict(value.get("context"))
 
-    def apply(self, items: Sequence[SinkItem]) -> int:
+    def apply(
+        self,
+        items: Sequence[SinkItem],
+        committed: Callable[[int], int | None] | None = None,
+    ) -> int:
         """Fold stored (and scored) events into their traces; returns the traces touched.
 
         Each touched trace's new value is written once, with one changelog record.
@@ -122,11 +128,23 @@ class TraceStore:
         Records already folded in are skipped: a worker that crashed after updating the
         table but before committing its offsets reads those records again, and the entry
         it recovers from the changelog remembers the highest offset it counted per source
-        partition (records of a partition come in offset order).
+        partition (records of a partition come in offset order). So are records below
+        ``committed(partition)`` (the broker-confirmed committed offset of their source
+        partition, as for :meth:`ready`): a commit passes a record only once it was folded,
+        so one handed over again after the commit was counted already, possibly in a trace
+        written and deleted since, where the entry's offsets no longer guard it
+        (tests/integration/test_worker.py counted such a record in a second part of its
+        trace after a restart, in about one run of four).
         """
         now = self.clock()
         touched: dict[str, TraceEntry] = {}
+        late = 0
         for item in sorted(items, key=lambda i: (i.topic, i.partition, i.offset)):
+            if committed is not None:
+                done = committed(item.partition)
+                if done is not None and item.offset < done:
+                    late += 1
+                    continue
             trace_id = str(item.record["trace_id"])
             entry = touched.get(trace_id) or self.get(trace_id)
             if entry is not None and entry.folded(item.partition, item.offset):
@@ -147,6 +165,8 @@ class TraceStore:
             value = entry.to_value()
             self.data[trace_id] = value
             self.send(entry.partition, trace_id, value)
+        if late:
+            logger.debug("%d records below the committed offset left out of traces", late)
         return len(touched)
 
     def ready(

@@ -198,6 +198,30 @@ def test_ready_waits_until_every_counted_record_is_committed() -> None:
     assert trace_ids(store.ready(now=later)) == [A, B]  # no check asked for
 
 
+def test_a_record_handed_over_again_after_its_commit_is_not_counted_in_a_second_part() -> None:
+    store, data, sent, clock = make_store()
+    items = [item(record("prompt", A, 0), 4, 115), item(record("completion", A, 5), 4, 116)]
+    committed: dict[int, int | None] = {4: 115}
+    store.apply(items, committed=committed.get)  # a replay from the committed offset 115
+    committed[4] = 117  # the batch's commit, confirmed by the broker
+    written = store.ready(now=clock.now + 60, committed=committed.get)
+    assert trace_ids(written) == [A] and written[0].state.span_count == 2
+    assert store.remove(written) == 1 and data == {}
+    sends = len(sent)
+    # The same records once more, below the confirmed commit: counted already (written),
+    # they start no second part.
+    assert store.apply(items, committed=committed.get) == 0
+    assert data == {} and len(sent) == sends
+    # A later record of the trace (a late rating) is a new part, as before.
+    late = item(record("feedback", A, 9), 4, 117)
+    assert store.apply([*items, late], committed=committed.get) == 1
+    entry = store.get(A)
+    assert entry is not None and entry.state.span_count == 1 and entry.offsets == {4: 117}
+    # No commit known for the partition (a new group): nothing is left out.
+    fresh, _, _, _ = make_store()
+    assert fresh.apply(items, committed={4: None}.get) == 1
+
+
 def test_ready_drops_entries_of_partitions_this_worker_no_longer_owns_without_a_send() -> None:
     store, data, sent, clock = make_store()
     store.apply(
