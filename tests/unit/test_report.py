@@ -301,12 +301,17 @@ def test_write_report_writes_the_page_where_asked(tmp_path: Path) -> None:
         write_report(tmp_path / "file" / "report.html", html)
 
 
-def test_the_traced_statistic_carries_the_streams_detections() -> None:
+def traced_topic() -> tuple[datetime, list[DriftPoint]]:
+    """The drift role's trace of one stream: 0.0 to 4.0, a minute apart."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    trace = [
+    return t0, [
         DriftPoint("seg", "topic", TRACE_DETECTOR, t0 + timedelta(minutes=i), float(i), 0.0, False)
         for i in range(5)
     ]
+
+
+def test_the_traced_statistic_carries_the_streams_detections() -> None:
+    t0, trace = traced_topic()
     detection = DriftPoint(
         "seg", "topic", "adwin+novelty", t0 + timedelta(minutes=2, seconds=30), 9.0, 1.0, True
     )
@@ -321,11 +326,7 @@ def test_the_traced_statistic_carries_the_streams_detections() -> None:
 
 
 def test_a_traced_stream_is_one_panel_with_confirmed_and_unconfirmed_detections() -> None:
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    trace = [
-        DriftPoint("seg", "topic", TRACE_DETECTOR, t0 + timedelta(minutes=i), float(i), 0.0, False)
-        for i in range(5)
-    ]
+    t0, trace = traced_topic()
     confirmed = DriftPoint(
         "seg", "topic", "adwin+novelty", t0 + timedelta(minutes=3), 2.5, 1.0, True
     )
