@@ -226,10 +226,19 @@ def test_a_quality_regression_is_rolled_back_and_the_gateway_serves_the_old_vers
             "SELECT rule, status, severity, segment FROM alerts FINAL WHERE rule = 'bad_feedback'"
         ).result_rows
         assert ("bad_feedback", "firing", "error") in {a[:3] for a in alerts}, alerts
-        actions = warehouse.query(
-            "SELECT phase, action_type, target, parameters, result, ingested_at, "
-            "toString(event_id), request_id FROM actions FINAL ORDER BY ingested_at"
-        ).result_rows
+
+        def answered() -> list[Any] | None:
+            rows = warehouse.query(
+                "SELECT phase, action_type, target, parameters, result, ingested_at, "
+                "toString(event_id), request_id FROM actions FINAL ORDER BY ingested_at"
+            ).result_rows
+            return rows if "succeeded" in {r[0] for r in rows} else None
+
+        # The worker publishes the registry change (which the gateway follows within
+        # seconds) before its answer reaches the table: wait for the answer, not the gateway.
+        actions = wait_until(
+            answered, 60, "the rollback's answer in the actions table", interval=0.5
+        )
         by_phase = {a[0]: a for a in actions}
         assert set(by_phase) >= {"requested", "started", "succeeded"}, actions
         assert [a[0] for a in actions].count("requested") == 1, actions
