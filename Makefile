@@ -33,7 +33,7 @@ lint: setup
 # links that mirrors the installed namespace.
 typecheck: setup
 	rm -rf build/typecheck && mkdir -p build/typecheck/undertow
-	ln -s $(CURDIR)/undertow/*.py build/typecheck/undertow/
+	ln -s $(CURDIR)/undertow/*.py $(CURDIR)/undertow/cli $(CURDIR)/undertow/demo build/typecheck/undertow/
 	for d in schemas streams services infra; do ln -s $(CURDIR)/$$d build/typecheck/undertow/$$d; done
 	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p undertow
 

@@ -13,7 +13,7 @@ from typing import Any
 import plotly.offline
 import pytest
 
-from undertow.report import (
+from undertow.demo.report import (
     NO_DATA,
     TRACE_DETECTOR,
     DriftPoint,

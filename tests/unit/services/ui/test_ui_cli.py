@@ -1,4 +1,4 @@
-"""``undertow ui`` (undertow/ui_cli.py): it binds to loopback unless told otherwise."""
+"""``undertow ui`` (undertow/cli/ui.py): it binds to loopback unless told otherwise."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from undertow.cli.ui import ui
 from undertow.infra import InfraError
-from undertow.ui_cli import ui
 
 
 def app() -> typer.Typer:

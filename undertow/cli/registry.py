@@ -1,15 +1,15 @@
-"""``undertow registry``, ``undertow prompts``, ``undertow ab`` and ``undertow actions``.
+"""``undertow registry``, ``undertow prompts`` and ``undertow ab``: model versions, prompt
+versions and A/B tests, all kept in the registry.
 
-The registry commands read and write the compacted registry topic (the source of truth; the
-action service mirrors it into ClickHouse's ``registry`` table). Kafka is
+The commands read and write the compacted registry topic (the source of truth; the action
+service mirrors it into ClickHouse's ``registry`` table). Kafka is
 ``UNDERTOW_BOOTSTRAP_SERVERS``, else the running local stack's broker; ClickHouse (for ``ab
-report`` and ``actions list``) as for ``undertow sql``.
+report``) as for ``undertow sql``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,53 +19,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from undertow.settings import StackSettings
+from undertow.cli import connections
+from undertow.cli.console import cell, console, stderr_console
+from undertow.cli.options import parse_pairs
 
 if TYPE_CHECKING:
-    from clickhouse_connect.driver.client import Client
-
     from undertow.services.registry.client import RegistryClient
     from undertow.services.registry.state import RegistryState
 
-console = Console()
 registry_app = typer.Typer(help="Model versions: push, promote, roll back.", no_args_is_help=True)
 prompts_app = typer.Typer(help="Prompt templates: versions and labels.", no_args_is_help=True)
 ab_app = typer.Typer(help="Prompt A/B tests: start, stop, report.", no_args_is_help=True)
-actions_app = typer.Typer(
-    help="Action workers (rollback, promote, fine-tune) and their requests.", no_args_is_help=True
-)
-
-
-def _bootstrap() -> str:
-    settings = StackSettings()
-    if settings.bootstrap_servers:
-        return settings.bootstrap_servers
-    from undertow.infra.stack import LocalStack
-
-    return LocalStack(settings).require().bootstrap_servers
-
-
-def _warehouse() -> Client:
-    from undertow.services.warehouse.client import connect
-
-    settings = StackSettings()
-    url = settings.clickhouse_url
-    if url is None:
-        from undertow.infra.stack import LocalStack
-
-        url = LocalStack(settings).require().clickhouse_url
-    return connect(
-        url,
-        database=settings.clickhouse_database,
-        username=settings.clickhouse_user,
-        password=settings.clickhouse_password.get_secret_value(),
-    )
 
 
 def _client() -> RegistryClient:
     from undertow.services.registry.client import RegistryClient
 
-    return RegistryClient(_bootstrap())
+    return RegistryClient(connections.bootstrap_servers())
 
 
 def _now() -> int:
@@ -84,16 +54,6 @@ def _when(us: int | None) -> str:
     if not us:
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(us / 1_000_000))
-
-
-def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{what}: expected NAME=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -310,9 +270,9 @@ def ab_start(
     """Start an A/B test: requests for PROMPT at LABEL get a variant, sticky per unit."""
     from undertow.services.registry.state import start_experiment
 
-    variants = _pairs(variant, "--variant")
+    variants = parse_pairs(variant, "--variant")
     try:
-        weights = {k: float(v) for k, v in _pairs(weight, "--weight").items()} or None
+        weights = {k: float(v) for k, v in parse_pairs(weight, "--weight").items()} or None
     except ValueError as exc:
         raise typer.BadParameter(f"--weight: {exc}") from None
     client = _client()
@@ -384,14 +344,16 @@ def ab_report(
     client = _client()
     experiment = client.load().find_experiment(test)
     specs = parse_metrics(metric)
-    report = ab_report_of(_warehouse(), experiment, specs, alpha=alpha, min_samples=min_samples)
+    report = ab_report_of(
+        connections.warehouse(), experiment, specs, alpha=alpha, min_samples=min_samples
+    )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:
         _print_report(report)
     if act and report.decision != "continue":
         # With --json, stdout holds the report alone; what was requested goes to stderr.
-        _request_ab_action(experiment, report, Console(stderr=True) if as_json else console)
+        _request_ab_action(experiment, report, stderr_console() if as_json else console)
 
 
 def _print_report(report: Any) -> None:
@@ -401,16 +363,8 @@ def _print_report(report: Any) -> None:
     if rows:
         table = Table(*rows[0].keys())
         for row in rows:
-            table.add_row(*(_cell(v) for v in row.values()))
+            table.add_row(*(cell(v) for v in row.values()))
         console.print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict | list):
-        return json.dumps(value, default=str)
-    return str(value)
 
 
 def _request_ab_action(experiment: Any, report: Any, out: Console) -> None:
@@ -436,110 +390,8 @@ def _request_ab_action(experiment: Any, report: Any, out: Console) -> None:
         out.print("decision is stop: stop the test with `undertow ab stop`", highlight=False)
         return
     publish(
-        _bootstrap(),
+        connections.bootstrap_servers(),
         topics.ACTIONS,
         [(experiment.prompt.encode(), AvroCodec().encode("action", record))],
     )
     out.print(f"requested {what} (request {record['event_id']})", highlight=False)
-
-
-# -- actions ----------------------------------------------------------------------------------
-
-
-@actions_app.command("serve")
-def actions_serve(
-    worker: Annotated[
-        list[str] | None,
-        typer.Option("--worker", "-w", help="only these action types (default: every one)"),
-    ] = None,
-) -> None:
-    """Run the action workers (one consumer group each) and the registry mirror until SIGTERM.
-
-    Settings come from UNDERTOW_ACTIONS_* variables; Kafka and ClickHouse default to the local
-    stack's.
-    """
-    import signal
-    import threading
-
-    from undertow.services.actions.service import run_service
-    from undertow.services.actions.settings import ActionSettings
-    from undertow.services.warehouse.client import connect
-
-    overrides: dict[str, Any] = {"workers": ",".join(worker)} if worker else {}
-    settings = ActionSettings(**overrides)
-    bootstrap = settings.bootstrap_servers or _bootstrap()
-    # ClickHouse: the action settings' own, else the stack's (URL and credentials together).
-    stack = StackSettings()
-    source: ActionSettings | StackSettings = settings if settings.clickhouse_url else stack
-    url = source.clickhouse_url
-    if url is None:
-        from undertow.infra.stack import LocalStack
-
-        url = LocalStack(stack).require().clickhouse_url
-
-    def warehouse() -> Client:
-        return connect(
-            str(url),
-            database=source.clickhouse_database,
-            username=source.clickhouse_user,
-            password=source.clickhouse_password.get_secret_value(),
-        )
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    logging.getLogger("undertow.services.actions").setLevel(logging.INFO)
-    console.print(
-        f"actions: {settings.actions_topic} on {bootstrap} -> {', '.join(settings.worker_names())}",
-        highlight=False,
-    )
-    counts = run_service(settings, stop, bootstrap=bootstrap, warehouse=warehouse)
-    for name, c in counts.items():
-        console.print(f"{name}: {c}", highlight=False)
-
-
-@actions_app.command("request")
-def actions_request(
-    action_type: Annotated[str, typer.Argument(help="rollback, promote, fine_tune")],
-    target: Annotated[str, typer.Argument(help="the model or prompt name")],
-    param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE parameters")
-    ] = None,
-    reason: Annotated[str, typer.Option(help="why (kept with the request)")] = "requested by hand",
-) -> None:
-    """Put a request on the actions topic for the action workers."""
-    from undertow.schemas import topics
-    from undertow.schemas.codec import AvroCodec
-    from undertow.schemas.events import action
-    from undertow.services.bus import publish
-
-    record = action(
-        action_type=action_type, target=target, reason=reason, parameters=_pairs(param, "--param")
-    )
-    publish(_bootstrap(), topics.ACTIONS, [(target.encode(), AvroCodec().encode("action", record))])
-    console.print(
-        f"requested {action_type} of {target}: request {record['event_id']}", highlight=False
-    )
-
-
-@actions_app.command("list")
-def actions_list(
-    target: Annotated[str | None, typer.Option(help="only this target")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
-) -> None:
-    """Recent requests and their results, newest first (from ClickHouse)."""
-    rows = (
-        _warehouse()
-        .query(
-            "SELECT event_time, action_type, target, phase, "
-            "substring(ifNull(request_id, ''), 1, 8), reason, result FROM actions FINAL "
-            "WHERE {target:String} = '' OR target = {target:String} "
-            "ORDER BY event_time DESC LIMIT {limit:UInt32}",
-            parameters={"target": target or "", "limit": limit},
-        )
-        .result_rows
-    )
-    table = Table("time", "type", "target", "phase", "request", "reason", "result")
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row))
-    console.print(table)

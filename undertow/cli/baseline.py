@@ -18,21 +18,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from undertow.cli.console import console
 from undertow.settings import StackSettings
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
+    from undertow.services.warehouse.baselines import BaselineInfo, BaselineStore
     from undertow.streams.drift.baseline import Baseline, CalibrationConfig
-    from undertow.streams.drift.store import BaselineInfo, BaselineStore
 
 baseline_app = typer.Typer(
     help="Drift baselines: build, list, activate, export.", no_args_is_help=True
 )
-console = Console()
 # The library's defaults (calibration.DEFAULT_EVENTS and DEFAULT_TARGET_RATE,
 # history.DEFAULT_LIMIT), written out so that loading the command line does not import numpy,
 # river and the drift package; tests/integration/test_baseline_store.py checks they agree.
@@ -58,8 +57,8 @@ VersionOption = Annotated[
 
 def _store(url: str | None, database: str | None) -> tuple[BaselineStore, str]:
     """The store on the chosen warehouse, and the database's name (for messages)."""
+    from undertow.services.warehouse.baselines import BaselineStore
     from undertow.services.warehouse.client import connect
-    from undertow.streams.drift.store import BaselineStore
 
     settings = StackSettings()
     if url is None:
@@ -142,7 +141,7 @@ class _Scope:
 
 def _rows_of_file(path: Path, scope: _Scope) -> tuple[list[dict[str, Any]], dict[str, str], str]:
     """The file's rows in scope, the baseline's source and the rows described (for errors)."""
-    from undertow.streams.drift.history import rows_from_file
+    from undertow.services.warehouse.history import rows_from_file
 
     rows = [
         row if scope.with_text else {k: v for k, v in row.items() if k != "text"}
@@ -157,7 +156,7 @@ def _rows_of_period(
     store: BaselineStore, db: str, since: str, until: str, scope: _Scope, limit: int
 ) -> tuple[list[dict[str, Any]], dict[str, str], str]:
     """The warehouse's scored rows of the period in scope, the source and the description."""
-    from undertow.streams.drift.history import parse_time, scored_rows
+    from undertow.services.warehouse.history import parse_time, scored_rows
 
     now = datetime.now(UTC)
     start, end = parse_time(since, now=now), parse_time(until, now=now)

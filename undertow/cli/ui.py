@@ -1,7 +1,4 @@
-"""``undertow ui``: serve the dashboard over the warehouse and the registry topic.
-
-Registered in :mod:`undertow.cli` with ``app.command("ui")(ui)``.
-"""
+"""``undertow ui``: serve the dashboard over the warehouse and the registry topic."""
 
 from __future__ import annotations
 
@@ -9,11 +6,9 @@ import logging
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from undertow.cli.console import err_console
 from undertow.settings import StackSettings
-
-console = Console(stderr=True)
 
 
 def ui(
@@ -57,7 +52,7 @@ def ui(
                 "--allow-remote to serve it there anyway (behind an authenticating proxy).",
                 param_hint="--host",
             )
-        console.print(
+        err_console.print(
             f"[bold red]WARNING:[/] serving the dashboard on {settings.host}, reachable from "
             "other machines, WITHOUT authentication; it shows prompt and completion texts. "
             "Put an authenticating proxy in front of it.",
@@ -88,7 +83,7 @@ def ui(
     )
     app = create_app(warehouse, registry, refresh_s=settings.refresh_s)
     logging.getLogger("undertow.services.ui").setLevel(logging.INFO)
-    console.print(
+    err_console.print(
         f"dashboard on http://{settings.host}:{settings.port}/ "
         f"(warehouse {warehouse_url}/{stack_settings.clickhouse_database}, "
         f"registry on {bootstrap})",

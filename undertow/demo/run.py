@@ -1,22 +1,5 @@
-"""The main job a newcomer sees: the whole pipeline on the local stack, with planted incidents.
-
-``undertow demo`` starts the local stack (Kafka broker, ClickHouse engine), the stream workers
-(ingest with the real scorers, drift, policy), the action workers, alert delivery to local
-Slack, PagerDuty and webhook receivers, and the gateway serving SmolLM2 from the registry. It
-then plays :mod:`undertow.services.scenario` traffic, a support assistant's, replayed in
-compressed event time:
-
-1. the usual traffic, from which a drift baseline is built (``undertow baseline build``);
-2. more usual traffic, then a topic shift, a burst of prompt-injection attempts, rude answers
-   and a cost spike from long pasted documents;
-3. through the gateway: a LoRA version of the model is promoted and users rate it badly; the
-   policy requests a rollback and the gateway serves the previous version again.
-
-It shows live progress, then each planted incident, whether and when it was caught, the alert
-delivered, the action taken and the SQL to look at it, and writes a self-contained HTML
-report. The stack stays up afterwards (``undertow infra down`` stops it); the demo's workers
-stop when it ends.
-"""
+"""One run of the demo: the stack, the demo's processes and receivers, the scenario's traffic
+with its planted incidents, live progress, what was caught, the summary and the report."""
 
 from __future__ import annotations
 
@@ -172,7 +155,8 @@ class Counts:
 
 @dataclass
 class DemoResult:
-    """The run's figures and each incident's outcome (``undertow.report.IncidentOutcome``)."""
+    """The run's figures and each incident's outcome
+    (:class:`undertow.demo.report.IncidentOutcome`)."""
 
     run_id: str
     seconds: float
@@ -766,7 +750,7 @@ def _outcomes(
     result: DemoResult,
 ) -> list[Any]:
     """Each planted incident: caught or not, when, the alert, where it was paged, the action."""
-    from undertow.report import IncidentOutcome
+    from undertow.demo.report import IncidentOutcome
 
     client = warehouse()
     outcomes = []
@@ -924,7 +908,7 @@ def _summary(console: Console, result: DemoResult) -> None:
 def _report(
     path: Path, warehouse: Callable[[], Any], scenario: Scenario, result: DemoResult
 ) -> Path:
-    from undertow.report import build_report, write_report
+    from undertow.demo.report import build_report, write_report
 
     c = result.counts
     html = build_report(
