@@ -199,9 +199,9 @@ def traffic(kind: str, n_events: int, seed: int, run: str) -> list[dict[str, Any
 
 def embedding_limit(records: list[dict[str, Any]], batch: int) -> tuple[float, int]:
     """Events per second of the embedding model alone on the texts the worker embeds."""
-    from undertow.streams.enrich import texts_of
     from undertow.streams.scoring.base import create_embedder
-    from undertow.streams.sink import SinkItem
+    from undertow.streams.scoring.enrich import texts_of
+    from undertow.streams.sinks.warehouse import SinkItem
 
     embedder = create_embedder("minilm")
     embedder.embed(["warm up"])
@@ -221,7 +221,7 @@ def enricher_alone(records: list[dict[str, Any]], batch: int) -> float:
     retrieval, groundedness, tokens, cost) in this process, on the worker's batches."""
     from undertow.streams.app import default_enricher
     from undertow.streams.settings import WorkerSettings
-    from undertow.streams.sink import SinkItem
+    from undertow.streams.sinks.warehouse import SinkItem
 
     settings = WorkerSettings(bootstrap_servers="unused:9092", clickhouse_url="http://unused")
     enrich = default_enricher(settings)(lambda trace_id: None)

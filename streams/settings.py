@@ -96,7 +96,7 @@ class WorkerSettings(BaseSettings):
     trace_max_age_s: float = Field(default=600.0, gt=0)
     trace_scan_interval_s: float = Field(default=1.0, gt=0, le=60)
 
-    # Keyed state of the drift and policy roles (streams/checkpoint.py): written to the
+    # Keyed state of the drift and policy roles (streams/state/checkpoint.py): written to the
     # table's changelog every checkpoint_interval_s; records are acknowledged (and so
     # committed) only once the state they went into is written.
     checkpoint_interval_s: float = Field(default=2.0, gt=0, le=600)
@@ -116,7 +116,7 @@ class WorkerSettings(BaseSettings):
     policy_tick_s: float = Field(default=1.0, gt=0, le=60)
 
     # judge: an OpenAI-compatible judge model (vLLM in production; offline `undertow gateway`)
-    # rates a deterministic sample of completions by rubric (streams/judge_processor.py).
+    # rates a deterministic sample of completions by rubric (streams/roles/judge.py).
     judge_base_url: str = Field(
         default="http://127.0.0.1:8300/v1", description="the judge server's /v1 URL"
     )

@@ -37,7 +37,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from undertow.errors import UndertowError
-from undertow.streams.enrich import MAX_TEXT_CHARS, turn_text
+from undertow.streams.scoring.enrich import MAX_TEXT_CHARS, turn_text
 
 
 class FineTuneError(UndertowError):

@@ -137,7 +137,7 @@ def insert_events(client: Client, items: Iterable[tuple[Mapping[str, Any], str, 
     return len(rows)
 
 
-# The detector of the drift role's trace rows (streams/drift_processor.py): every few events
+# The detector of the drift role's trace rows (streams/roles/drift.py): every few events
 # a stream's recent mean detector input, never a detection, so the statistic can be drawn
 # over time between detections.
 DRIFT_TRACE_DETECTOR = "window_mean"
@@ -256,7 +256,7 @@ def registry_row(record: Mapping[str, Any]) -> list[Any]:
     return [row[c] for c in REGISTRY_COLUMNS]
 
 
-# -- judge_scores (schemas/clickhouse/012_judge_scores.sql; streams/judge_processor.py) -------
+# -- judge_scores (schemas/clickhouse/012_judge_scores.sql; streams/roles/judge.py) -------
 
 JUDGE_SCORE_COLUMNS: tuple[str, ...] = (
     "id",

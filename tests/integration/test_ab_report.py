@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from undertow.cli.registry import ab_app
 from undertow.infra.process import wait_until
 from undertow.infra.stack import StackInfo
-from undertow.registry_cli import ab_app
 from undertow.schemas.codec import AvroCodec
 from undertow.schemas.events import event, new_trace_id
 from undertow.schemas.topics import ACTIONS
@@ -36,8 +36,8 @@ from undertow.services.registry.client import RegistryClient
 from undertow.services.registry.state import RegistryState, push_prompt, start_experiment
 from undertow.services.warehouse.client import connect
 from undertow.settings import StackSettings
-from undertow.streams.scored import Scored
-from undertow.streams.sink import EventSink, SinkItem
+from undertow.streams.scoring.scored import Scored
+from undertow.streams.sinks.warehouse import EventSink, SinkItem
 
 pytestmark = pytest.mark.integration
 

@@ -20,20 +20,20 @@ from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from undertow import baseline_cli
-from undertow.baseline_cli import baseline_app
+from undertow.cli import baseline as baseline_cli
+from undertow.cli.baseline import baseline_app
 from undertow.infra.stack import LocalStack, StackInfo
 from undertow.schemas.events import event
 from undertow.services.warehouse import WarehouseError
+from undertow.services.warehouse.baselines import BaselineNotFoundError, BaselineStore
 from undertow.services.warehouse.client import connect
+from undertow.services.warehouse.history import DEFAULT_LIMIT, rows_to_file, scored_rows
 from undertow.streams.drift import BaselineConfig, DriftError, DriftMonitor, build_baseline
 from undertow.streams.drift.baseline import Baseline, build_baselines
 from undertow.streams.drift.calibration import DEFAULT_EVENTS, DEFAULT_TARGET_RATE
-from undertow.streams.drift.history import DEFAULT_LIMIT, rows_to_file, scored_rows
 from undertow.streams.drift.segment import segment_key, segment_of
-from undertow.streams.drift.store import BaselineNotFoundError, BaselineStore
-from undertow.streams.scored import Scored, scored_record
-from undertow.streams.sink import EventSink, SinkItem
+from undertow.streams.scoring.scored import Scored, scored_record
+from undertow.streams.sinks.warehouse import EventSink, SinkItem
 
 pytestmark = pytest.mark.integration
 

@@ -31,10 +31,9 @@ from undertow.services.finetune.dataset import (
 )
 from undertow.services.finetune.job import BaseModel, FineTuneParams, run_fine_tune
 from undertow.services.warehouse.client import connect
-from undertow.streams import traces
-from undertow.streams.scored import Scored
 from undertow.streams.scoring.base import create_embedder
-from undertow.streams.sink import EventSink, SinkItem
+from undertow.streams.scoring.scored import Scored
+from undertow.streams.sinks.warehouse import EventSink, SinkItem
 
 pytestmark = pytest.mark.integration
 
@@ -158,8 +157,8 @@ def scored(
 
 
 def write(client: Client, traffic: Traffic) -> None:
-    """Events, scores and embeddings through the worker's sink; traces as the worker rolls
-    them up (one part per trace, written once complete)."""
+    """Events, scores, embeddings and trace spans through the worker's sink (the traces view
+    adds the spans up)."""
     items = [SinkItem(r, "undertow.events.v1", 0, i, s) for i, (r, s) in enumerate(traffic.pairs)]
     sink = EventSink(lambda: client)
     try:
@@ -167,14 +166,6 @@ def write(client: Client, traffic: Traffic) -> None:
     finally:
         sink.close()
     assert not result.rejected
-    states: dict[str, traces.TraceState] = {}
-    for record, result_scored in traffic.pairs:
-        trace_id = record["trace_id"]
-        states[trace_id] = traces.update(
-            states.get(trace_id), record, scored=result_scored.trace_fields(), now=0.0
-        )
-    rows = [traces.stored_row(state, "complete") for state in states.values()]
-    client.insert("traces", rows, column_names=list(traces.STORED_TRACE_COLUMNS))
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from undertow.services.warehouse.client import connect
 from undertow.services.warehouse.rows import insert_events
 from undertow.settings import StackSettings
 from undertow.streams.judge import load_rubrics
-from undertow.streams.judge_processor import judge_id
+from undertow.streams.roles.judge import judge_id
 
 from .test_worker import WorkerProcess, offsets
 

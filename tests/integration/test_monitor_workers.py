@@ -35,6 +35,7 @@ from undertow.schemas.codec import AvroCodec
 from undertow.schemas.topics import DEADLETTER
 from undertow.services.alerts.receiver import PagerDutyReceiver, SlackReceiver, WebhookReceiver
 from undertow.services.bus import publish, read_range
+from undertow.services.warehouse.baselines import BaselineStore
 from undertow.services.warehouse.client import connect
 from undertow.settings import StackSettings
 from undertow.streams.drift import (
@@ -45,7 +46,6 @@ from undertow.streams.drift import (
     build_baseline,
 )
 from undertow.streams.drift.corpus import ASSISTANT_TOPICS, GENERAL_TOPICS, load_topics
-from undertow.streams.drift.store import BaselineStore
 
 from .test_alert_delivery import ROUTING_KEY, Subscribers, make_settings
 from .test_worker import WorkerProcess, offsets

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from undertow.demo.report import NO_DATA, IncidentOutcome, ReportError, build_report
 from undertow.infra.stack import StackInfo
-from undertow.report import NO_DATA, IncidentOutcome, ReportError, build_report
 from undertow.schemas.events import event, new_trace_id
 from undertow.services.warehouse import WarehouseError
 from undertow.services.warehouse.client import connect
 from undertow.services.warehouse.rows import DRIFT_COLUMNS, drift_row
-from undertow.streams.scored import Scored
-from undertow.streams.sink import EventSink, SinkItem
+from undertow.streams.scoring.scored import Scored
+from undertow.streams.sinks.warehouse import EventSink, SinkItem
 
 pytestmark = pytest.mark.integration
 

@@ -46,8 +46,8 @@ from undertow.services.warehouse.rows import (
     alert_row,
     drift_row,
 )
-from undertow.streams.scored import Scored
-from undertow.streams.sink import EventSink, SinkItem
+from undertow.streams.scoring.scored import Scored
+from undertow.streams.sinks.warehouse import EventSink, SinkItem
 
 pytestmark = pytest.mark.integration
 
@@ -457,10 +457,10 @@ def test_the_demo_report_renders_offline_with_detections_marked_on_the_trace(
     shots: Path,
     tmp_path: Path,
 ) -> None:
-    """The demo's HTML report (undertow/report.py) on the seeded warehouse, in the browser:
+    """The demo's HTML report (undertow/demo/report.py) on the seeded warehouse, in the browser:
     every figure draws, nothing loads from elsewhere, and the drift role's trace carries the
     stream's detections."""
-    from undertow.report import build_report, write_report
+    from undertow.demo.report import build_report, write_report
 
     now = datetime.now(UTC)
     html = build_report(

@@ -275,47 +275,109 @@ def test_rollups_follow_scores(first_migration_run: list[Migration], client: Cli
         parameters={"a": app},
     ).result_rows
     assert usage == [(4, 20, 1.0, 250.0)]
-    # Traces no longer come from scores (010): the worker writes them once per trace.
+    # Traces no longer come from scores (010), nor from a table the worker wrote (014): the
+    # traces view adds up trace_spans, which the worker writes for every event.
     assert client.query(
         f"SELECT count() FROM {DB}.traces WHERE app = {{a:String}}", parameters={"a": app}
     ).result_rows == [(0,)]
 
 
-def test_trace_parts_replace_themselves_and_add_up(
+def _rag_trace(app: str, trace_id: str) -> list[dict[str, Any]]:
+    """A prompt, a retrieval, a completion and two ratings, the later one a thumbs-down."""
+    from undertow.schemas.events import event
+
+    when = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
+    common: dict[str, Any] = {"app": app, "trace_id": trace_id, "environment": "dev"}
+    messages = [{"role": "user", "content": "hi"}]
+    return [
+        event("prompt", {"messages": messages, "model": "m", "prompt_name": "qa",
+                         "prompt_version": "3"}, event_time=when, **common),
+        event("retrieval", {"query": "hi", "documents": [], "store": "kb", "latency_ms": 20.0},
+              event_time=when + timedelta(milliseconds=100), **common),
+        event("completion", {"model": "m-2026", "prompt_version": "3", "text": "hello",
+                             "input_tokens": 100, "output_tokens": 10, "latency_ms": 250.0},
+              event_time=when + timedelta(milliseconds=200), **common),
+        event("feedback", {"score": 1.0}, event_time=when + timedelta(seconds=1), **common),
+        event("feedback", {"score": 0.0}, event_time=when + timedelta(seconds=2), **common),
+    ]  # fmt: skip
+
+
+def test_a_trace_adds_up_its_spans_each_event_once(
     first_migration_run: list[Migration], client: Client
 ) -> None:
-    from undertow.streams.traces import STORED_TRACE_COLUMNS
+    from undertow.streams.traces import TRACE_SPAN_COLUMNS, span_row
 
     app = f"app_{uuid.uuid4().hex[:8]}"
-    trace_id = uuid.uuid4().hex
-    when = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
-
-    def row(part: str, spans: int, completions: int, tokens: int, cost: float) -> list[Any]:
-        values = dict.fromkeys(STORED_TRACE_COLUMNS, 0)
-        values.update(
-            trace_id=trace_id, part=part, app=app, environment="dev", start_time=when,
-            end_time=when, span_count=spans, completions=completions, input_tokens=tokens,
-            tokens=tokens, cost_usd=cost, models=["m"], prompt_names=[], prompt_versions=["3"],
-            max_toxicity=0.1, max_injection=None, feedback_score=None, readiness="complete",
-        )  # fmt: skip
-        return [values[c] for c in STORED_TRACE_COLUMNS]
-
-    # The first part written twice (a crash before the worker forgot it, with one more span
-    # the second time), and a late part of feedback alone.
-    for r in ([row("a", 3, 1, 100, 0.5)], [row("a", 4, 1, 100, 0.5)], [row("z", 1, 0, 0, 0.0)]):
-        client.insert(f"{DB}.traces", r, column_names=list(STORED_TRACE_COLUMNS))
-    parts = client.query(
-        f"SELECT part, span_count FROM {DB}.traces FINAL WHERE trace_id = {{t:String}} "
-        "ORDER BY part",
-        parameters={"t": trace_id},
+    trace_id, open_trace = uuid.uuid4().hex, uuid.uuid4().hex
+    prompt, retrieval, completion, liked, disliked = _rag_trace(app, trace_id)
+    scored = {  # the scorer's counts win; a prompt's tokens and cost are never summed
+        prompt["event_id"]: {"input_tokens": 100, "cost_usd": 1.0, "scores": {"injection": 0.7}},
+        completion["event_id"]: {"input_tokens": 120, "output_tokens": 12, "cost_usd": 0.0005,
+                                 "scores": {"toxicity": 0.3}},
+    }  # fmt: skip
+    rows = [span_row(r, scored.get(r["event_id"])) for r in (prompt, retrieval, completion)]
+    rows += [span_row(r) for r in (liked, disliked)]
+    columns = list(TRACE_SPAN_COLUMNS)
+    # Delivered twice (a replay after a crash, in other batches), and a trace still open.
+    client.insert(f"{DB}.trace_spans", rows, column_names=columns)
+    client.insert(f"{DB}.trace_spans", rows[::-1], column_names=columns)
+    client.insert(f"{DB}.trace_spans", [span_row({**prompt, "trace_id": open_trace,
+                                                  "event_id": str(uuid.uuid4())})],
+                  column_names=columns)  # fmt: skip
+    got = client.query(
+        f"SELECT trace_id, span_count, prompts, retrievals, completions, feedbacks, latency_ms, "
+        f"input_tokens, output_tokens, tokens, cost_usd, unpriced_completions, models, "
+        f"prompt_names, prompt_versions, max_toxicity, max_injection, feedback_score, status, "
+        f"duration_ms FROM {DB}.traces WHERE app = {{a:String}} ORDER BY span_count DESC",
+        parameters={"a": app},
     ).result_rows
-    assert parts == [("a", 4), ("z", 1)]
+    assert got[0][:12] == (trace_id, 5, 1, 1, 1, 2, 270.0, 120, 12, 132, 0.0005, 0)
+    assert got[0][12:] == (["m", "m-2026"], ["qa"], ["3"], 0.3, 0.7, 0.0, "complete", 2000.0)
+    assert (got[1][0], got[1][1], got[1][-2]) == (open_trace, 1, "open")
     totals = client.query(
-        f"SELECT parts, span_count, completions, input_tokens, cost_usd, models "
-        f"FROM {DB}.trace_totals WHERE trace_id = {{t:String}}",
+        f"SELECT span_count, cost_usd FROM {DB}.trace_totals WHERE trace_id = {{t:String}}",
         parameters={"t": trace_id},
     ).result_rows
-    assert totals == [(2, 5, 1, 100, 0.5, ["m"])]
+    assert totals == [(5, 0.0005)]
+    assert client.query(
+        f"SELECT spans, model, status FROM {DB}.v_traces WHERE trace_id = {{t:String}}",
+        parameters={"t": trace_id},
+    ).result_rows == [(5, "m,m-2026", "complete")]
+
+
+def test_events_stored_before_trace_spans_are_filled_in_by_the_migration(
+    warehouse: WarehouseInfo,
+) -> None:
+    from undertow.services.warehouse.rows import EVENT_COLUMNS, event_row
+    from undertow.streams.scoring.scored import SCORE_COLUMNS, Scored, scores_row
+
+    admin = connect(warehouse.url, database=None)
+    db = f"undertow_backfill_{uuid.uuid4().hex[:8]}"
+    migrations = load_migrations()
+    before = [m for m in migrations if m.version < 14]
+    apply_migrations(admin, db, before)
+    app, trace_id = "backfilled", uuid.uuid4().hex
+    records = _rag_trace(app, trace_id)
+    admin.insert(f"{db}.events", [event_row(r) for r in records], column_names=list(EVENT_COLUMNS))
+    completion = records[2]
+    admin.insert(
+        f"{db}.scores",
+        [scores_row(completion, Scored(input_tokens=120, output_tokens=12, cost_usd=0.5))],
+        column_names=list(SCORE_COLUMNS),
+    )
+    try:
+        assert [m.version for m in apply_migrations(admin, db, migrations)] == [
+            m.version for m in migrations if m.version >= 14
+        ]
+        got = admin.query(
+            f"SELECT span_count, completions, feedbacks, latency_ms, input_tokens, cost_usd, "
+            f"unpriced_completions, feedback_score, status FROM {db}.traces "
+            "WHERE trace_id = {t:String}",
+            parameters={"t": trace_id},
+        ).result_rows
+        assert got == [(5, 1, 2, 270.0, 120, 0.5, 0, 0.0, "complete")]
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
 
 
 # --- HTTP as curl speaks it --------------------------------------------------------------------

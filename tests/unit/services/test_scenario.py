@@ -17,7 +17,7 @@ from undertow.services.scenario import (
     ScenarioError,
     ScenarioTexts,
 )
-from undertow.streams.tokens import TokenCounter
+from undertow.streams.scoring.tokens import TokenCounter
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PHASES = [

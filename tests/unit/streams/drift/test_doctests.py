@@ -12,7 +12,6 @@ MODULES = [
     "baseline",
     "calibration",
     "confirm",
-    "history",
     "quantity",
     "segment",
     "sketch",

@@ -13,7 +13,7 @@ from typing import Any
 from undertow.schemas.codec import AvroCodec
 from undertow.schemas.events import EventType, envelope, event
 from undertow.streams.policy import PolicyEngine, parse_rules
-from undertow.streams.scored import Scored, scored_record
+from undertow.streams.scoring.scored import Scored, scored_record
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CODEC = AvroCodec()

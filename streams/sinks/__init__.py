@@ -1,0 +1,1 @@
+"""Where the stream processors' output becomes durable: the ClickHouse sink (``warehouse``)."""
