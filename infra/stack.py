@@ -51,6 +51,12 @@ class LocalStack:
 
     def up(self) -> StackInfo:
         """Start or find every component, then create topics and apply migrations."""
+        cluster = self.settings.clickhouse_cluster or None
+        if cluster and not self.settings.clickhouse_url:
+            raise InfraError(
+                f"UNDERTOW_CLICKHOUSE_CLUSTER={cluster} needs UNDERTOW_CLICKHOUSE_URL: "
+                "the local ClickHouse engine is one node, not a cluster"
+            )
         timeout = self.settings.ready_timeout_s
         seconds: dict[str, float] = {}
 
@@ -93,7 +99,9 @@ class LocalStack:
         created = ensure_topics(bootstrap, load_topics(self.settings.topics_file))
         seconds["topics"] = time.monotonic() - began
         began = time.monotonic()
-        applied = apply_migrations(self.admin_client(url), self.settings.clickhouse_database)
+        applied = apply_migrations(
+            self.admin_client(url), self.settings.clickhouse_database, cluster=cluster
+        )
         seconds["migrations"] = time.monotonic() - began
         return StackInfo(
             bootstrap_servers=bootstrap,

@@ -21,6 +21,8 @@ class StackSettings(BaseSettings):
 
     ``bootstrap_servers`` and ``clickhouse_url`` point at external clusters when set; when
     unset, the local broker and warehouse recorded under ``home`` are used.
+    ``clickhouse_cluster`` (``UNDERTOW_CLICKHOUSE_CLUSTER``) names the ClickHouse cluster the
+    migrations are applied to; it needs ``clickhouse_url`` (the local engine is one node).
     """
 
     model_config = SettingsConfigDict(env_prefix="UNDERTOW_", frozen=True, extra="ignore")
@@ -35,6 +37,11 @@ class StackSettings(BaseSettings):
     bootstrap_servers: str | None = None
     clickhouse_url: str | None = None
     clickhouse_database: str = "undertow"
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        description="a cluster of the ClickHouse servers' remote_servers: migrations then run "
+        "ON CLUSTER with replicated, sharded tables (docs/scale-out.md); unset: one node",
+    )
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")
     schema_registry_url: str | None = None

@@ -5,6 +5,11 @@ A file holds one or more statements, each ending with ``;`` at the end of a line
 database as the default. ``<database>.schema_migrations`` records what ran, with a checksum of
 the statements (not of comments or blank lines), so an applied migration that was edited
 afterwards is reported instead of silently diverging.
+
+The files are written for one node. Given a cluster name, :func:`apply_migrations` runs them
+as :mod:`undertow.services.warehouse.cluster` renders them instead (``ON CLUSTER``,
+replicated shards behind Distributed tables), and the ledger is one replicated table that
+every node of the cluster holds whole.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from undertow.services.warehouse import WarehouseError
+from undertow.services.warehouse.cluster import on_cluster, render_migrations
 
 logger = logging.getLogger(__name__)
 
 MIGRATION_FILE = re.compile(r"(\d+)_(\w+)\.sql")
 LEDGER = "schema_migrations"
+# On a cluster the ledger is one replica set over every node (no {shard} in the path, a
+# replica name unique across shards), so whichever node the runner reaches knows what ran.
+LEDGER_CLUSTER_PATH = "/clickhouse/tables/all-shards/{database}/" + LEDGER
+LEDGER_CLUSTER_REPLICA = "{shard}-{replica}"
 
 
 @dataclass(frozen=True)
@@ -89,48 +99,97 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return [migrations[v] for v in sorted(migrations)]
 
 
+def bookkeeping_statements(database: str = "undertow", cluster: str | None = None) -> list[str]:
+    """The statements that create ``database`` and its ledger, before any migration runs."""
+    db = _quote_identifier(database)
+    if cluster is None:
+        return [
+            f"CREATE DATABASE IF NOT EXISTS {db}",
+            f"CREATE TABLE IF NOT EXISTS {db}.{LEDGER} ("
+            " version UInt32, name String, checksum String,"
+            " applied_at DateTime64(6, 'UTC') DEFAULT now64(6))"
+            " ENGINE = ReplacingMergeTree(applied_at) ORDER BY version"
+            " COMMENT 'Migrations from schemas/clickhouse applied to this database'",
+        ]
+    on = on_cluster(cluster)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db} {on}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{LEDGER} {on} ("
+        " version UInt32, name String, checksum String,"
+        " applied_at DateTime64(6, 'UTC') DEFAULT now64(6))"
+        f" ENGINE = ReplicatedReplacingMergeTree('{LEDGER_CLUSTER_PATH}',"
+        f" '{LEDGER_CLUSTER_REPLICA}', applied_at) ORDER BY version"
+        " COMMENT 'Migrations from schemas/clickhouse applied to this database'",
+    ]
+
+
+def planned_statements(
+    migrations: Sequence[Migration], database: str = "undertow", cluster: str | None = None
+) -> list[list[tuple[str, str]]]:
+    """Per migration, the statements it runs, each with the words that name it in errors.
+
+    Without ``cluster``, a migration's own statements. With one, the statements rendered for
+    that cluster (:func:`~undertow.services.warehouse.cluster.render_migrations`): all
+    migrations are rendered, applied ones too, since a statement's form depends on what the
+    earlier ones created; a statement that cannot be rendered raises before anything runs.
+    """
+    if cluster is None:
+        return [
+            [
+                (statement, f"migration {m.version:03d}_{m.name} statement {number}")
+                for number, statement in enumerate(m.statements, start=1)
+            ]
+            for m in migrations
+        ]
+    return [
+        [
+            (
+                statement,
+                f"migration {r.version:03d}_{r.name} statement {source} "
+                f"(on cluster {cluster!r}: {position} of {len(r.statements)})",
+            )
+            for position, (statement, source) in enumerate(
+                zip(r.statements, r.sources, strict=True), start=1
+            )
+        ]
+        for r in render_migrations(migrations, cluster, database)
+    ]
+
+
 def apply_migrations(
     client: Client,
     database: str = "undertow",
     migrations: Sequence[Migration] | None = None,
+    cluster: str | None = None,
 ) -> list[Migration]:
     """Create ``database`` if needed and apply the pending migrations in order.
 
     ``client`` may have any default database (or none): statements run with ``database`` as
-    theirs. Returns the migrations applied now (empty when the schema was up to date). Raises
-    :class:`WarehouseError` when an applied migration's checksum changed, before applying
-    anything.
+    theirs. With ``cluster`` (a cluster of the servers' ``remote_servers``), the database, the
+    ledger and every migration are created on each node of that cluster, as
+    :mod:`~undertow.services.warehouse.cluster` renders them; without it, on the node
+    ``client`` reaches, as written. Returns the migrations applied now (empty when the schema
+    was up to date). Raises :class:`WarehouseError` when an applied migration's checksum
+    changed, or a statement cannot be rendered for the cluster, before applying anything.
     """
     if migrations is None:
         migrations = load_migrations()
     db = _quote_identifier(database)
-    _run(client, f"CREATE DATABASE IF NOT EXISTS {db}", database=None)
-    _run(
-        client,
-        f"CREATE TABLE IF NOT EXISTS {db}.{LEDGER} ("
-        " version UInt32, name String, checksum String,"
-        " applied_at DateTime64(6, 'UTC') DEFAULT now64(6))"
-        " ENGINE = ReplacingMergeTree(applied_at) ORDER BY version"
-        " COMMENT 'Migrations from schemas/clickhouse applied to this database'",
-        database=None,
-    )
+    plan = planned_statements(migrations, database, cluster)
+    for statement in bookkeeping_statements(database, cluster):
+        _run(client, statement, database=None)
     applied = _applied(client, db)
     _check_unchanged(migrations, applied)
     done: list[Migration] = []
-    for migration in migrations:
+    for migration, statements in zip(migrations, plan, strict=True):
         if migration.version in applied:
             continue
         if applied and migration.version < max(applied):
             logger.warning(
                 "applying migration %03d_%s after a later one", migration.version, migration.name
             )
-        for number, statement in enumerate(migration.statements, start=1):
-            _run(
-                client,
-                statement,
-                database,
-                f"migration {migration.version:03d}_{migration.name} statement {number}",
-            )
+        for statement, what in statements:
+            _run(client, statement, database, what)
         _run(
             client,
             f"INSERT INTO {db}.{LEDGER} (version, name, checksum) VALUES "

@@ -7,9 +7,11 @@ import typer
 from rich.table import Table
 
 from undertow.cli.console import console
+from undertow.cli.migrations import migrations
 from undertow.settings import StackSettings
 
 infra_app = typer.Typer(help="Start, inspect and stop the local stack.", no_args_is_help=True)
+infra_app.command("migrations")(migrations)
 
 
 @infra_app.command("up")

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from undertow.cli.console import console
+from undertow.errors import UndertowError
 from undertow.settings import StackSettings
 
 
@@ -21,10 +22,18 @@ def migrate() -> None:
     from undertow.infra.stack import LocalStack
 
     stack = LocalStack(StackSettings())
+    cluster = stack.settings.clickhouse_cluster or None
+    if cluster and not stack.settings.clickhouse_url:
+        raise UndertowError(
+            f"UNDERTOW_CLICKHOUSE_CLUSTER={cluster} needs UNDERTOW_CLICKHOUSE_URL: "
+            "the local ClickHouse engine is one node, not a cluster"
+        )
     url = stack.settings.clickhouse_url or stack.require().clickhouse_url
     from undertow.services.warehouse.migrations import apply_migrations
 
-    applied = apply_migrations(stack.admin_client(url), stack.settings.clickhouse_database)
+    applied = apply_migrations(
+        stack.admin_client(url), stack.settings.clickhouse_database, cluster=cluster
+    )
     console.print(f"{len(applied)} migrations applied" + "".join(f"\n  {m.name}" for m in applied))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.unit.streams.drift.fixtures import around, centres, scored_event
 from undertow.services.warehouse.history import (
     parse_time,
     rows_from_file,
@@ -20,8 +21,6 @@ from undertow.services.warehouse.history import (
 from undertow.streams.drift.base import DriftError
 from undertow.streams.drift.baseline import build_baselines
 from undertow.streams.drift.segment import segment_key, segment_of
-
-from tests.unit.streams.drift.fixtures import around, centres, scored_event
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
