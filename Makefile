@@ -46,8 +46,11 @@ integration: setup
 e2e: setup
 	$(BIN)/python -m pytest tests/e2e
 
+# The unit lane first (no broker, a few minutes), so a broken build fails before the stack
+# starts; then the lanes on the real broker and warehouse, with their slowest tests listed.
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/integration tests/e2e --durations=15
 
 down:
 	$(BIN)/undertow infra down

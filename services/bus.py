@@ -35,6 +35,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
@@ -179,7 +180,14 @@ def read_range(
                     continue
                 if partition not in pending or offset >= pending[partition][1]:
                     continue
-                records.append(Record(topic, partition, offset, msg.key(), msg.value() or b""))
+                raw: Any = msg.headers() or []
+                pairs = list(raw.items() if isinstance(raw, dict) else raw)
+                headers = tuple(
+                    (str(k), v.encode() if isinstance(v, str) else v or b"") for k, v in pairs
+                )
+                records.append(
+                    Record(topic, partition, offset, msg.key(), msg.value() or b"", headers)
+                )
                 if offset + 1 >= pending[partition][1]:
                     del pending[partition]
             # Offsets can skip (transaction markers, compaction): the position tells the truth.

@@ -53,7 +53,8 @@ def build_app(
     if settings.role == "ingest":
         if partitions is None:
             partitions = event_partitions(settings)
-        ingest.add(runtime, enricher if settings.enrich else None, partitions)
+        scored = _partitions(settings, settings.scored_topic) if settings.publish_scored else None
+        ingest.add(runtime, enricher if settings.enrich else None, partitions, scored)
     elif settings.role == "judge":
         judge.add(runtime)
     else:

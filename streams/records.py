@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 from undertow.streams.dead_letters import dead_letter
 from undertow.streams.scoring.scored import Scored
 
+ORIGIN_HEADER = "undertow-origin"
+
 
 @dataclass(frozen=True)
 class SourceRecord:
@@ -69,3 +71,23 @@ def letter(
         payload=rec.value or b"",
         record=item.record if item is not None else None,
     )
+
+
+def origin_header(rec: SourceRecord) -> list[tuple[str, bytes]]:
+    """Where a forwarded record was first read: ``topic:partition:offset`` (its origin's own
+    origin when it was forwarded already)."""
+    topic, partition, offset = rec.origin or (rec.topic, rec.partition, rec.offset)
+    return [(ORIGIN_HEADER, f"{topic}:{partition}:{offset}".encode())]
+
+
+def origin(headers: Any) -> tuple[str, int, int] | None:
+    """The origin header of a message (headers as aiokafka or Faust give them), if any."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name == ORIGIN_HEADER and value:
+            text = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+            topic, partition, offset = text.rsplit(":", 2)
+            return topic, int(partition), int(offset)
+    return None

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from undertow.errors import UndertowError
 from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.schemas.events import event_type
-from undertow.streams.records import SourceRecord, letter
+from undertow.streams.records import SourceRecord, letter, origin_header
 from undertow.streams.scoring.enrich import ContextLookup
 from undertow.streams.scoring.scored import Scored, scored_record
 from undertow.streams.sinks.warehouse import Backoff, EventSink, SinkItem, warehouse_sink
@@ -240,10 +240,21 @@ def add(
     runtime: Runtime,
     enricher: Callable[[ContextLookup], Enrich] | None,
     partitions: int,
+    scored_partitions: int | None = None,
 ) -> None:
     """Wire the ingest role: the event topic's batches through :class:`Ingest` (scored when
     ``enricher`` is given), scored events published, open traces' contexts kept in a table
-    co-partitioned with the event topic (``partitions``) and expired on a timer."""
+    co-partitioned with the event topic (``partitions``) and expired on a timer.
+
+    A scored event goes to the partition of the scored topic (``scored_partitions``; default:
+    as many as the event topic) that its event's partition maps to (``partition %
+    scored_partitions``), with its event's coordinates in the ``undertow-origin`` header. So
+    each scored partition holds every event of its event partitions in offset order, and a
+    scored event published again by a replay carries the same origin: the drift and policy
+    roles, which fold each origin partition's records in order, count it once (a scored
+    event partitioned by its key instead could overtake an earlier event of the same origin
+    partition on another scored partition).
+    """
     settings = runtime.settings
     sink = warehouse_sink(settings)
     codec = AvroCodec()
@@ -255,17 +266,28 @@ def add(
     async def publish_dead_letters(values: Sequence[bytes]) -> None:
         await runtime.send(settings.deadletter_topic, [(None, value) for value in values])
 
+    spread = scored_partitions or partitions
+
     async def on_stored(items: list[SinkItem]) -> None:
         if settings.publish_scored:
+            scored = [(item, item.scores) for item in items if isinstance(item.scores, Scored)]
             messages = [
                 (
                     str(item.record["trace_id"]).encode(),
-                    codec.encode("scored_event", scored_record(item.record, item.scores)),
+                    codec.encode("scored_event", scored_record(item.record, scores)),
                 )
-                for item in items
-                if isinstance(item.scores, Scored)
+                for item, scores in scored
             ]
-            await runtime.publish(settings.scored_topic, messages, "scored events")
+            await runtime.publish(
+                settings.scored_topic,
+                messages,
+                "scored events",
+                headers=[
+                    origin_header(SourceRecord(i.topic, i.partition, i.offset, None, None))
+                    for i, _ in scored
+                ],
+                partitions=[item.partition % spread for item, _ in scored],
+            )
         store.apply(items)
 
     ingest = Ingest(

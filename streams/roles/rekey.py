@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from undertow.schemas.codec import AvroCodec, DecodeError
-from undertow.streams.records import SourceRecord, letter
-from undertow.streams.runtime.intake import origin_header
+from undertow.streams.records import SourceRecord, letter, origin_header
 
 if TYPE_CHECKING:
     from undertow.streams.runtime.intake import Batch

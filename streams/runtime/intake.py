@@ -11,6 +11,11 @@ partition reads it again, and the role's idempotent writes make the replay harml
 
 Per batch, :func:`batches`:
 
+0. leaves out records fetched in an older consumer generation (before a rebalance): their
+   partition may belong to another worker now, whose state a role must not write to; they
+   are never acknowledged (Faust's acknowledgement of them is refused, see
+   :func:`~undertow.streams.runtime.consumer.refuse_stale_acks`) and are read again from
+   the committed offset by whoever owns the partition;
 1. splits the records with :meth:`Positions.admit` into those in offset order, repeats of
    records handed over already since the last seek, and records after a gap;
 2. holds records after a gap (never acknowledged: they come again after the seek back) and
@@ -21,15 +26,16 @@ Per batch, :func:`batches`:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from undertow.streams.records import SourceRecord
+from undertow.streams.records import SourceRecord, origin
 from undertow.streams.runtime.consumer import seek_back
 from undertow.streams.runtime.positions import Positions
 
-ORIGIN_HEADER = "undertow-origin"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Batch:
     events: list[Any]
     repeats: list[Any] = field(default_factory=list)
     records: list[SourceRecord] = field(default_factory=list)
+    generation: int | None = None  # the consumer generation the records were fetched in
 
     @property
     def all(self) -> list[Any]:
@@ -57,14 +64,25 @@ async def batches(
     app: Any, stream: Any, positions: Positions, size: int, within: float
 ) -> AsyncIterator[Batch]:
     """The stream's micro-batches, each partition in offset order (see the module doc)."""
-    async for batch in stream.take_events(size, within=within):
+    async for fetched in stream.take_events(size, within=within):
+        generation = app.consumer_generation_id
+        batch = [e for e in fetched if _generation(e) in (None, generation)]
+        if len(batch) < len(fetched):
+            logger.debug(
+                "%d records of an older consumer generation left out", len(fetched) - len(batch)
+            )
         events, repeats, held_back, seeks = positions.admit(batch)
         for event in held_back:  # never acknowledged: read again after the seek back
             event.message.incref()
         await seek_back(app, positions, seeks)
         for event in (*events, *repeats):  # held until the role says it is durable
             event.message.incref()
-        yield Batch(stream, events, repeats, records(events))
+        yield Batch(stream, events, repeats, records(events), generation)
+
+
+def _generation(event: Any) -> int | None:
+    generation = getattr(event.message, "generation_id", None)
+    return generation if isinstance(generation, int) else None
 
 
 def records(events: Sequence[Any]) -> list[SourceRecord]:
@@ -80,23 +98,3 @@ def records(events: Sequence[Any]) -> list[SourceRecord]:
         )
         for event in events
     ]
-
-
-def origin_header(rec: SourceRecord) -> list[tuple[str, bytes]]:
-    """Where a forwarded record was first read: ``topic:partition:offset`` (its origin's own
-    origin when it was forwarded already)."""
-    topic, partition, offset = rec.origin or (rec.topic, rec.partition, rec.offset)
-    return [(ORIGIN_HEADER, f"{topic}:{partition}:{offset}".encode())]
-
-
-def origin(headers: Any) -> tuple[str, int, int] | None:
-    """The origin header of a message (headers as aiokafka or Faust give them), if any."""
-    if not headers:
-        return None
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in pairs:
-        if name == ORIGIN_HEADER and value:
-            text = value.decode() if isinstance(value, bytes | bytearray) else str(value)
-            topic, partition, offset = text.rsplit(":", 2)
-            return topic, int(partition), int(offset)
-    return None

@@ -70,7 +70,10 @@ class KeyedStage:
         if self.app.rebalancing:
             return  # the assignment is changing; the next checkpoint runs in the new one
         generation = self.generation
-        writes = self.states.checkpoints(generation, state_of)
+        owned = self.runtime.owned(self.runtime.settings.repartition_topic)
+        # Only keys of partitions this worker owns now: a key whose partition moved is its new
+        # owner's to write (the new owner loads the last checkpoint and replays the rest).
+        writes = [w for w in self.states.checkpoints(generation, state_of) if w[0] in owned]
         topic = self.table.changelog_topic
         pending = [
             await topic.send(
@@ -119,6 +122,12 @@ class KeyedStage:
 
         async def stage(batch: Batch) -> None:
             async with self.lock:
+                if batch.generation is not None and batch.generation != self.generation:
+                    # Fetched before a rebalance that came while the batch waited for the
+                    # lock: the partition may be another worker's now. Never acknowledged
+                    # (Faust refuses stale acknowledgements); read again by its owner.
+                    logger.debug("a batch of an older consumer generation left out")
+                    return
                 if batch.records:
                     output = await asyncio.to_thread(process, batch.records, self.generation)
                     await emit(output)

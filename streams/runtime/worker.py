@@ -195,22 +195,41 @@ class Runtime:
             guarded(self.app, name, tick, while_rebalancing=while_rebalancing)
         )
 
-    async def send(self, topic: str, messages: Messages, headers: Headers | None = None) -> None:
-        """Produce ``(key, value)`` messages in order (with ``headers[i]`` each, if given)
-        and wait until the broker has them all."""
+    async def send(
+        self,
+        topic: str,
+        messages: Messages,
+        headers: Headers | None = None,
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Produce ``(key, value)`` messages in order (with ``headers[i]`` each, and to
+        partition ``partitions[i]``, if given; else by key) and wait until the broker has
+        them all."""
         producer = self.app.producer
         pending = [
-            await producer.send(topic, key, value, None, None, headers[i] if headers else None)
+            await producer.send(
+                topic,
+                key,
+                value,
+                partitions[i] if partitions else None,
+                None,
+                headers[i] if headers else None,
+            )
             for i, (key, value) in enumerate(messages)
         ]
         await asyncio.gather(*pending)
 
     async def publish(
-        self, topic: str, messages: Messages, what: str, headers: Headers | None = None
+        self,
+        topic: str,
+        messages: Messages,
+        what: str,
+        headers: Headers | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         """:meth:`send`, retried with backoff until the broker takes the messages."""
         if messages:
-            await retry(lambda: self.send(topic, messages, headers), self.backoff, what)
+            await retry(lambda: self.send(topic, messages, headers, partitions), self.backoff, what)
 
     def table(self, name: str, partitions: int, help_text: str) -> ChangelogTable:
         """A changelogged table with JSON values (in memory, rebuilt from its changelog)."""
