@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from undertow.backoff import Backoff
 from undertow.streams.judge import JudgeError
-from undertow.streams.sinks.warehouse import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -473,8 +473,7 @@ def check(
             if (str(d["event_id"]), bool(d["detected"])) in missing
         ]
         failures.append(
-            f"drift events differ: {len(missing)} missing {reference}, {len(extra)} extra "
-            f"{worker}"
+            f"drift events differ: {len(missing)} missing {reference}, {len(extra)} extra {worker}"
         )
     if not report.detections:
         failures.append("the reference made no detection: the drift check is void")

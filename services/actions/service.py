@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message
 
+from undertow.backoff import Backoff
 from undertow.errors import UndertowError
 from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.schemas.events import action
@@ -137,7 +138,7 @@ class ActionConsumer:
     def _retrying(self, step: Callable[[], None], stop: threading.Event) -> None:
         """Run ``step`` until it succeeds: the broker or warehouse being away is waited out,
         so no request is passed over."""
-        delay = 0.5
+        delays = Backoff(0.5, 30.0).delays()
         while True:
             try:
                 step()
@@ -145,9 +146,9 @@ class ActionConsumer:
             except (BusError, UndertowError, OSError) as exc:
                 if stop.is_set():
                     raise
+                delay = next(delays)
                 log.warning("%s: %s; retrying in %.1f s", self.group, exc, delay)
                 stop.wait(delay)
-                delay = min(delay * 2, 30.0)
 
     def take(self, msg: Message) -> None:
         """Handle one record of the actions topic."""

@@ -33,6 +33,7 @@ from typing import Literal
 
 import httpx
 
+from undertow.backoff import Backoff
 from undertow.services.alerts.alert import Alert
 from undertow.services.alerts.channel import (
     USER_AGENT,
@@ -72,10 +73,13 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """The wait before retry number ``retry`` (1 for the first): equal jitter."""
-        cap = min(
-            self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier ** (retry - 1)
+        return self.waits().delay(retry, rng)
+
+    def waits(self) -> Backoff:
+        """The policy's waits as a :class:`~undertow.backoff.Backoff` (equal jitter)."""
+        return Backoff(
+            self.backoff_initial_s, self.backoff_max_s, self.backoff_multiplier, jitter=0.5
         )
-        return cap / 2 + rng.uniform(0, cap / 2)
 
 
 @dataclass(frozen=True)

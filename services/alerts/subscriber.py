@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from undertow.backoff import Backoff
 from undertow.errors import ConfigError
 from undertow.schemas.codec import AvroCodec, DecodeError
 from undertow.services.alerts.alert import Alert
@@ -408,10 +409,9 @@ class Subscriber:
         assert self._consumer is not None
         self.stats.outage_rounds += 1
         policy = self.settings.retry_policy()
-        backoff = min(
-            self.settings.outage_backoff_max_s,
-            policy.backoff_initial_s * 2 ** min(self.stats.outage_rounds, 30),
-        )
+        most = self.settings.outage_backoff_max_s
+        rounds = Backoff(min(policy.backoff_initial_s, most), most, jitter=0)
+        backoff = rounds.cap(self.stats.outage_rounds + 1)
         wait = max(backoff, min(self._retry_after or 0.0, self.settings.max_retry_after_s))
         log.warning(
             "%s: channel unreachable; %d notification(s) held, next round in %.1f s",
@@ -496,7 +496,7 @@ class Subscriber:
             failures += 1
             why = outcome[0] if outcome else f"no ack within {_DEAD_LETTER_FLUSH_S:.0f} s"
             log.warning("%s: dead letter not written (%s); retrying", self.channel.name, why)
-            if self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6))):
+            if self._stop.wait(Backoff(0.5, 30.0, jitter=0).cap(failures + 1)):
                 return False
 
     # -- offsets and rebalances ------------------------------------------------------------

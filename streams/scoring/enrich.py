@@ -40,7 +40,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -57,14 +57,6 @@ DEFAULT_MAX_DOCUMENTS = 8
 # Characters of one text sent to a model. MiniLM reads 256 word pieces (~1,000 characters of
 # English); cutting far beyond that only costs tokenizer time on huge inputs.
 MAX_TEXT_CHARS = 4_000
-
-
-class VectorScorer(Protocol):
-    """A scorer that can also score embeddings already computed (the injection probe)."""
-
-    version: str
-
-    def score_vectors(self, vectors: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]: ...
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DataError
 
+from undertow.backoff import Backoff
 from undertow.errors import UndertowError
 from undertow.services.warehouse.rows import EVENT_COLUMNS, event_row
 from undertow.streams.records import SinkItem
@@ -175,33 +175,6 @@ class SinkStats:
     retries: int = 0
     rejected: int = 0
     seconds_waiting: float = 0.0
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: ``minimum * factor**n``, at most ``maximum``.
-
-    >>> from itertools import islice
-    >>> list(islice(Backoff(0.1, 1.0, jitter=0).delays(), 6))
-    [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    """
-
-    def __init__(
-        self, minimum: float, maximum: float, factor: float = 2.0, jitter: float = 0.2
-    ) -> None:
-        if not 0 < minimum <= maximum or factor < 1 or not 0 <= jitter < 1:
-            raise SinkError(
-                "backoff needs 0 < minimum <= maximum, factor >= 1 and 0 <= jitter < 1; "
-                f"got {minimum}, {maximum}, {factor}, {jitter}"
-            )
-        self.minimum, self.maximum, self.factor, self.jitter = minimum, maximum, factor, jitter
-
-    def delays(self) -> Iterator[float]:
-        """An endless sequence of delays in seconds."""
-        delay = self.minimum
-        while True:
-            spread = delay * self.jitter
-            yield delay if not spread else delay + random.uniform(-spread, spread)
-            delay = min(delay * self.factor, self.maximum)
 
 
 def dedup_token(

@@ -16,9 +16,7 @@ from undertow.streams.sinks.warehouse import (
     EMBEDDINGS,
     EVENTS,
     SCORES,
-    Backoff,
     EventSink,
-    SinkError,
     SinkItem,
     classify,
     dedup_token,
@@ -44,15 +42,6 @@ def test_the_token_is_a_function_of_offsets_and_event_ids() -> None:
     assert token != dedup_token("events", "t", 2, 5, 9, ["a", "c"])  # a recreated topic
     assert token != dedup_token("events", "t", 3, 5, 9, ["a", "b"])
     assert token != dedup_token("events", "t", 2, 5, 10, ["a", "b"])
-
-
-def test_backoff_grows_to_its_cap() -> None:
-    delays = Backoff(0.1, 1.0, jitter=0).delays()
-    assert [next(delays) for _ in range(7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
-    jittered = Backoff(1.0, 1.0, jitter=0.2).delays()
-    assert all(0.8 <= next(jittered) <= 1.2 for _ in range(100))
-    with pytest.raises(SinkError):
-        Backoff(2.0, 1.0)
 
 
 @pytest.mark.parametrize(
