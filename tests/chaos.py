@@ -383,33 +383,36 @@ def check(
             failures.append(f"{what}: {exc}")
             return False
 
-    def counts() -> tuple[int, int, int, int]:
+    def counts() -> tuple[int, int, int, int, int]:
         row = warehouse.query(
             "SELECT (SELECT count() FROM events FINAL WHERE app = {a:String}),"
             " (SELECT uniqExact(event_id) FROM events WHERE app = {a:String}),"
             " (SELECT count() FROM scores FINAL WHERE app = {a:String}),"
-            " (SELECT count() FROM embeddings FINAL WHERE app = {a:String})",
+            " (SELECT count() FROM embeddings FINAL WHERE app = {a:String}),"
+            " (SELECT count() FROM trace_spans FINAL WHERE app = {a:String})",
             parameters={"a": app},
         ).result_rows[0]
-        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
-    latest = [(0, 0, 0, 0)]
+    latest = [(0, 0, 0, 0, 0)]
 
     def caught_up() -> bool:
+        # a batch writes events, scores, embeddings and trace_spans in this order: the last
+        # batch is in when its spans are
         try:
             latest[0] = counts()
         except Exception:  # the warehouse may be coming back
             return False
-        return latest[0][2] >= total and latest[0][3] >= embedded
+        return latest[0][2] >= total and latest[0][3] >= embedded and latest[0][4] >= total
 
     if not waited(f"{total} events stored and scored", caught_up):
-        failures.append(f"(events FINAL, distinct, scores, embeddings) = {latest[0]}")
+        failures.append(f"(events FINAL, distinct, scores, embeddings, spans) = {latest[0]}")
         return failures
-    final, distinct, scored, vectors = counts()
-    if (final, distinct, scored, vectors) != (total, total, total, embedded):
+    final, distinct, scored, vectors, spans = counts()
+    if (final, distinct, scored, vectors, spans) != (total, total, total, embedded, total):
         failures.append(
-            f"events FINAL {final}, distinct {distinct}, scores {scored}, embeddings {vectors}; "
-            f"expected {total}, {total}, {total}, {embedded}"
+            f"events FINAL {final}, distinct {distinct}, scores {scored}, embeddings {vectors}, "
+            f"spans {spans}; expected {total}, {total}, {total}, {embedded}, {total}"
         )
     traces = warehouse.query(
         "SELECT count(), sum(span_count) FROM traces WHERE app = {a:String}",

@@ -79,9 +79,9 @@ class Positions:
 
     Faust hands records over out of order around seeks: after an assignment it fetches before
     it seeks back to the committed offsets, and records it dropped as stale are read again
-    (``_refuse_stale_acks``) only after newer ones went through. A stage that folded the newer
-    ones first would take the older ones for repeats and lose them
-    (tests/integration/test_monitor_workers.py saw a detector 26 to 570 events behind).
+    (:func:`~undertow.streams.runtime.consumer.refuse_stale_acks`) only after newer ones went
+    through. A stage that folded the newer ones first would take the older ones for repeats
+    and lose them.
 
     Every seek the worker knows of sets the partition's position. :meth:`admit` passes the
     record at the position; after a gap it holds the rest of the partition back (the caller
@@ -89,18 +89,18 @@ class Positions:
     to the position, again after ``RESEEK_AFTER_S`` while still waiting); records below the
     position are repeats of ones handed over already. Offsets of a non-transactional topic
     are contiguous, so a gap is only real where retention removed records: the caller moves
-    the position to the log's start then (:func:`_seek_back`).
+    the position to the log's start then
+    (:func:`~undertow.streams.runtime.consumer.seek_back`).
 
     A batch can end with records fetched before a seek back and go on with the ones the seek
-    brought: the record at the position passes even after a gap in the same batch. (Before,
-    the rest of such a batch was held back, and a restarted drift worker's first seek back
-    came up empty in about half the runs of tests/integration/test_monitor_workers.py.) For a
+    brought: the record at the position passes even after a gap in the same batch. For a
     seek to bring the records again at all, Faust's hand-over needed help
     (:mod:`undertow.streams.runtime.seeks`). Should a partition still go silent, :meth:`stalled`
     names the partitions that owe records held back and have been silent for
     ``STALL_AFTER_S``, and those the broker has records for past the position while their
     whole topic has been silent that long (:meth:`quiet` names the ones to ask the broker
-    about); a timer seeks them back again (:func:`_watch_stalls`).
+    about); a timer seeks them back again
+    (:func:`~undertow.streams.runtime.consumer.watch_stalls`).
     """
 
     RESEEK_AFTER_S = 5.0

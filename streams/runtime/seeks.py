@@ -1,7 +1,8 @@
 """Seeks that take effect at once: no record fetched before a seek is handed over after it.
 
-A worker seeks a partition back when a record is missing (:class:`streams.app.Positions`) or
-was skipped at a rebalance (:class:`streams.app.Rereads`). With Faust's aiokafka driver such a
+A worker seeks a partition back when a record is missing
+(:class:`~undertow.streams.runtime.positions.Positions`) or was skipped at a rebalance
+(:class:`~undertow.streams.runtime.positions.Rereads`). With Faust's aiokafka driver such a
 seek did not always bring the records again (tests/integration/test_monitor_workers.py: a
 restarted drift worker's first seek back came up empty in about half the runs), for three
 reasons, each handled here:

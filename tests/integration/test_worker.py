@@ -566,10 +566,19 @@ def test_a_killed_worker_resumes_without_loss_or_visible_duplicates(
     ).result_rows[0]
     assert scores_raw == scores_final == total
     embedded = sum(1 for _, _, r in events if event_type(r) != "feedback")
-    assert warehouse.query(
-        "SELECT count() FROM embeddings FINAL WHERE event_id IN {ids:Array(UUID)}",
-        parameters={"ids": ids},
-    ).result_rows == [(embedded,)]
+
+    def embeddings() -> tuple[int, int]:
+        distinct, final = warehouse.query(
+            "SELECT (SELECT uniqExact(event_id) FROM embeddings WHERE event_id IN "
+            "{ids:Array(UUID)}), (SELECT count() FROM embeddings FINAL WHERE event_id IN "
+            "{ids:Array(UUID)})",
+            parameters={"ids": ids},
+        ).result_rows[0]
+        return int(distinct), int(final)
+
+    # A batch writes its embeddings right after its scores: wait for the last batch's.
+    wait_for(lambda: True if embeddings()[0] >= embedded else None, 60, "embeddings rows")
+    assert embeddings() == (embedded, embedded)
 
     def traces_written() -> tuple[int, int] | None:
         got = warehouse.query(
