@@ -1,5 +1,5 @@
 """The action service: consumers of ``undertow.actions.v1`` that run the action workers, and
-the registry's mirror into ClickHouse.
+the registry's mirror into ClickHouse (:mod:`undertow.services.registry.mirror`).
 
 Each action type is its own consumer group and thread, so a fine-tune that runs for minutes
 never delays a rollback. For every request of its type a consumer:
@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -42,13 +41,8 @@ from undertow.services.actions.worker import (
 )
 from undertow.services.bus import CLIENT_LOG, BusError, publish
 from undertow.services.registry.client import Follower, RegistryClient
-from undertow.services.registry.state import RegistryState, Version
-from undertow.services.warehouse.rows import (
-    ACTION_COLUMNS,
-    REGISTRY_COLUMNS,
-    action_row,
-    registry_row,
-)
+from undertow.services.registry.mirror import RegistryMirror
+from undertow.services.warehouse.rows import ACTION_COLUMNS, action_row
 
 log = logging.getLogger("undertow.services.actions")
 RESULT_NAMESPACE = uuid.UUID("b1c7e0d4-2f6a-4c8e-9a3b-7d5e1f2a4c60")
@@ -251,38 +245,6 @@ class ActionConsumer:
         )
         self.dead_letters += 1
         log.warning("%s: dead letter at offset %s: %s", self.group, msg.offset(), reason)
-
-
-class RegistryMirror:
-    """Writes every registry change into the ``registry`` table (newest ``updated_at`` wins)."""
-
-    def __init__(self, warehouse: Callable[[], Any]) -> None:
-        self.warehouse = warehouse
-        self.rows = 0
-
-    def __call__(self, state: RegistryState, changed: list[Version]) -> None:
-        rows = [registry_row(_as_record(v)) for v in changed]
-        try:
-            self.warehouse().insert("registry", rows, column_names=list(REGISTRY_COLUMNS))
-            self.rows += len(rows)
-        except Exception as exc:  # the mirror lags; the topic stays the truth
-            log.warning("registry mirror: %s rows not written: %s", len(rows), exc)
-
-
-def _as_record(v: Version) -> dict[str, Any]:
-    return {
-        "kind": v.kind,
-        "name": v.name,
-        "version": v.version,
-        "status": v.status,
-        "labels": list(v.labels),
-        "base_model": v.base_model,
-        "adapter_path": v.adapter_path,
-        "template": v.template,
-        "metadata": dict(v.metadata),
-        "event_id": v.event_id or str(uuid.uuid4()),
-        "event_time": datetime.fromtimestamp(v.updated_us / 1_000_000, UTC),
-    }
 
 
 def review_experiments(context: WorkerContext, bootstrap: str, stop: threading.Event) -> None:

@@ -74,8 +74,8 @@ class ActionWorker(ABC):
 
 # action type -> "module:Class"; imported only when run.
 WORKERS: dict[str, str] = {
-    "rollback": "undertow.services.actions.registry_actions:RollbackWorker",
-    "promote": "undertow.services.actions.registry_actions:PromoteWorker",
+    "rollback": "undertow.services.actions.release:RollbackWorker",
+    "promote": "undertow.services.actions.release:PromoteWorker",
     "fine_tune": "undertow.services.actions.finetune:FineTuneWorker",
 }
 

@@ -50,7 +50,7 @@ from undertow.services.gateway.protocol import (
     usage_dict,
 )
 from undertow.services.gateway.recorder import Exchange, Recorder
-from undertow.services.gateway.registry import RegistryView
+from undertow.services.gateway.serving import ServingView
 from undertow.services.gateway.settings import GatewaySettings
 from undertow.services.gateway.sse import DONE_EVENT, encode_data, encode_json
 from undertow.services.sdk import Undertow
@@ -77,7 +77,7 @@ def create_app(
     settings: GatewaySettings,
     backend: Backend,
     sdk: Undertow,
-    registry: RegistryView | None = None,
+    registry: ServingView | None = None,
 ) -> FastAPI:
     """The gateway app; the lifespan starts the backend (loads the model), then follows the
     registry when given one (serving its active version), and closes both."""
@@ -177,7 +177,7 @@ class Gateway:
         settings: GatewaySettings,
         backend: Backend,
         sdk: Undertow,
-        registry: RegistryView | None = None,
+        registry: ServingView | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend

@@ -53,21 +53,19 @@ def serve(settings: GatewaySettings, bootstrap_servers: str | None) -> None:
         )
     backend = create_backend(settings)
     with Undertow(sdk_config(settings, bootstrap_servers)) as sdk:
-        app = create_app(
-            settings, backend, sdk, registry_view(settings, backend, bootstrap_servers)
-        )
+        app = create_app(settings, backend, sdk, serving_view(settings, backend, bootstrap_servers))
         uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None)
 
 
-def registry_view(settings: GatewaySettings, backend: Any, bootstrap_servers: str | None) -> Any:
-    """The registry follower of a gateway (a ``RegistryView``), or None when it is off."""
+def serving_view(settings: GatewaySettings, backend: Any, bootstrap_servers: str | None) -> Any:
+    """The registry follower of a gateway (a ``ServingView``), or None when it is off."""
     if not settings.follow_registry or not bootstrap_servers:
         return None
-    from undertow.services.gateway.registry import RegistryView
+    from undertow.services.gateway.serving import ServingView
     from undertow.services.registry.client import Follower
 
     follower = Follower(bootstrap_servers, topic=settings.registry_topic)
-    return RegistryView(follower, settings.registry_model or settings.model, backend.use_version)
+    return ServingView(follower, settings.registry_model or settings.model, backend.use_version)
 
 
 class ServerThread:

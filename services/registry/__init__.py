@@ -3,5 +3,6 @@
 
 * :mod:`.state`: the pure state and the records each change writes (promote, rollback, labels,
   A/B tests, sticky variant assignment);
-* :mod:`.client`: reading, publishing and following the topic.
+* :mod:`.client`: reading, publishing and following the topic, and a cached loader;
+* :mod:`.mirror`: the registry's mirror into the ClickHouse ``registry`` table.
 """

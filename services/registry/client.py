@@ -5,6 +5,8 @@ returns the folded :class:`RegistryState`. ``publish`` writes a change's records
 version, so compaction keeps each version's latest state) and waits for the broker's
 acknowledgement. :class:`Follower` keeps a state current on a background thread for services
 that act on the registry (the gateway, the action workers) and calls listeners on each change.
+:class:`CachedRegistry` shares one load between the callers of a few seconds, for readers that
+load on demand (the dashboard) where a full read of the topic per request would cost too much.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from undertow.services.registry.state import RegistryError, RegistryState, Versi
 log = logging.getLogger("undertow.services.registry")
 
 Listener = Callable[[RegistryState, list[Version]], None]
+RegistryLoader = Callable[[], RegistryState]
 
 
 def _consumer(bootstrap: str) -> Consumer:
@@ -115,6 +118,35 @@ class RegistryClient:
         if not encoded:
             return 0
         return publish(self.bootstrap, self.topic, encoded, timeout=timeout)
+
+
+class CachedRegistry:
+    """A loader that loads at most once per ``ttl_s``; callers in between get the same state.
+
+    A failed load is not cached: the next call tries again.
+    """
+
+    def __init__(
+        self,
+        load: RegistryLoader,
+        ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: RegistryState | None = None
+        self._loaded_at = float("-inf")
+        self.loads = 0
+
+    def __call__(self) -> RegistryState:
+        with self._lock:  # one load at a time; the others wait for its result
+            if self._state is None or self._clock() - self._loaded_at >= self._ttl_s:
+                self._state = self._load()
+                self._loaded_at = self._clock()
+                self.loads += 1
+            return self._state
 
 
 class Follower:

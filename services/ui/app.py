@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -33,8 +33,11 @@ from undertow.errors import UndertowError
 from undertow.services.ui import UIError
 from undertow.services.ui import queries as Q
 from undertow.services.ui.queries import QueryError, TraceFilter
-from undertow.services.ui.registry import RegistryLoader, registry_view
+from undertow.services.ui.registry_page import registry_view
 from undertow.services.ui.series import Window
+
+if TYPE_CHECKING:  # the loader's type only: the dashboard imports no Kafka client itself
+    from undertow.services.registry.client import RegistryLoader
 
 log = logging.getLogger("undertow.services.ui")
 

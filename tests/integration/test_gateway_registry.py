@@ -28,7 +28,7 @@ from undertow.services.gateway.backends.local import (
     default_model_source,
     load_model,
 )
-from undertow.services.gateway.server import ServerThread, registry_view
+from undertow.services.gateway.server import ServerThread, serving_view
 from undertow.services.gateway.settings import GatewaySettings
 from undertow.services.registry.client import RegistryClient
 from undertow.services.registry.state import (
@@ -93,7 +93,7 @@ def gateway(stack: StackInfo, registry: RegistryClient, adapter: Path) -> Iterat
     sdk = Undertow(
         SdkConfig(app=APP, bootstrap_servers=stack.bootstrap_servers, builtin_redactions=())
     )
-    view = registry_view(settings, backend, stack.bootstrap_servers)
+    view = serving_view(settings, backend, stack.bootstrap_servers)
     assert view is not None
     with sdk, ServerThread(create_app(settings, backend, sdk, view)) as server:
         yield server

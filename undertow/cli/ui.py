@@ -34,9 +34,8 @@ def ui(
     import uvicorn
 
     from undertow.infra.stack import LocalStack
-    from undertow.services.registry.client import RegistryClient
+    from undertow.services.registry.client import CachedRegistry, RegistryClient
     from undertow.services.ui.app import create_app
-    from undertow.services.ui.registry import CachedRegistry
     from undertow.services.ui.settings import UISettings, is_loopback
     from undertow.services.warehouse.client import connect
 

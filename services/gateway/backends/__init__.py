@@ -3,9 +3,9 @@
 A backend turns a validated request into a :class:`Generation` (whole answer) or a stream of
 :class:`Delta` (pieces as they come). The gateway around it does validation, auth, events,
 metrics and the HTTP framing, so a backend only generates. Backends are chosen by name from
-:data:`REGISTRY`; each is imported only when chosen (the local one pulls in torch).
+:data:`BACKENDS`; each is imported only when chosen (the local one pulls in torch).
 
->>> sorted(REGISTRY)
+>>> sorted(BACKENDS)
 ['local', 'openai']
 """
 
@@ -138,7 +138,7 @@ class Backend(ABC):
 
 
 # name -> "module:Class"; imported only when chosen.
-REGISTRY: dict[str, str] = {
+BACKENDS: dict[str, str] = {
     "local": "undertow.services.gateway.backends.local:LocalBackend",
     "openai": "undertow.services.gateway.backends.upstream:UpstreamBackend",
 }
@@ -150,18 +150,18 @@ class UnknownBackend(GatewayError):
 
 def register(name: str, target: str) -> None:
     """Register a backend class by ``"module:Class"`` under ``name``."""
-    REGISTRY[name] = target
+    BACKENDS[name] = target
 
 
 def backend_class(name: str) -> type[Backend]:
     """The backend class registered under ``name``."""
     try:
-        module_name, _, attr = REGISTRY[name].partition(":")
+        module_name, _, attr = BACKENDS[name].partition(":")
     except KeyError:
-        raise UnknownBackend(f"backend: expected one of {sorted(REGISTRY)}, got {name!r}") from None
+        raise UnknownBackend(f"backend: expected one of {sorted(BACKENDS)}, got {name!r}") from None
     cls = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise UnknownBackend(f"{REGISTRY[name]} is not a Backend subclass")
+        raise UnknownBackend(f"{BACKENDS[name]} is not a Backend subclass")
     return cls
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from undertow.services.gateway.backends import REGISTRY, Backend, UnknownBackend, backend_class
+from undertow.services.gateway.backends import BACKENDS, Backend, UnknownBackend, backend_class
 from undertow.services.gateway.backends.local import StopFilter, cache_key
 
 
@@ -55,7 +55,7 @@ def test_cache_key_changes_with_the_file(tmp_path: Path) -> None:
 
 
 def test_registry_names_every_backend() -> None:
-    for name in REGISTRY:
+    for name in BACKENDS:
         cls = backend_class(name)
         assert issubclass(cls, Backend) and cls.name == name
     with pytest.raises(UnknownBackend, match="expected one of"):

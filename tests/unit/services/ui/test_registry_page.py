@@ -1,8 +1,7 @@
-"""The registry page's view and its shared loads (services/ui/registry.py)."""
+"""The registry page's view (services/ui/registry_page.py)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from undertow.services.registry.state import (
@@ -12,7 +11,7 @@ from undertow.services.registry.state import (
     push_prompt,
     start_experiment,
 )
-from undertow.services.ui.registry import TEMPLATE_PREVIEW, CachedRegistry, registry_view
+from undertow.services.ui.registry_page import TEMPLATE_PREVIEW, registry_view
 
 
 def build() -> RegistryState:
@@ -46,28 +45,3 @@ def test_the_view_shows_active_versions_labels_and_tests() -> None:
     [test] = view["experiments"]
     assert (test["test"], test["status"]) == ("tone", "running")
     assert test["variants"] == {"a": "1", "b": "2"}
-
-
-def test_cached_registry_loads_once_per_ttl_and_retries_after_a_failure() -> None:
-    now = [0.0]
-    calls: list[float] = []
-    fail = [False]
-
-    def load() -> RegistryState:
-        calls.append(now[0])
-        if fail[0]:
-            raise RuntimeError("broker away")
-        return RegistryState()
-
-    cached = CachedRegistry(load, ttl_s=5.0, clock=lambda: now[0])
-    first = cached()
-    now[0] = 4.9
-    assert cached() is first and calls == [0.0]
-    now[0] = 5.0
-    assert cached() is not first and calls == [0.0, 5.0]
-    now[0], fail[0] = 11.0, True
-    for _ in range(2):  # not cached: each call tries again
-        with contextlib.suppress(RuntimeError):
-            cached()
-    assert calls == [0.0, 5.0, 11.0, 11.0]
-    assert cached.loads == 2

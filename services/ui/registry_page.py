@@ -4,8 +4,9 @@ The dashboard reads the registry from its source of truth, the compacted topic
 ``undertow.registry.v1`` (:meth:`RegistryClient.load`), not from the ClickHouse ``registry``
 mirror: the mirror is only filled where the action service runs with ``mirror_registry``, and
 it lags the topic, while the gateway serves what the topic says. A full read of the topic costs
-a consumer and a pass over every record, so :class:`CachedRegistry` shares one load between
-the requests of a few seconds.
+a consumer and a pass over every record, so the dashboard loads through a
+:class:`~undertow.services.registry.client.CachedRegistry`, which shares one load between the
+requests of a few seconds.
 
 >>> from undertow.services.registry.state import RegistryState, push_model, promote_model
 >>> s = RegistryState()
@@ -19,45 +20,12 @@ the requests of a few seconds.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from undertow.services.registry.state import RegistryState, Version
 from undertow.services.ui.series import iso
 
-RegistryLoader = Callable[[], RegistryState]
 TEMPLATE_PREVIEW = 300  # characters of a prompt template shown in the table
-
-
-class CachedRegistry:
-    """A loader that loads at most once per ``ttl_s``; callers in between get the same state.
-
-    A failed load is not cached: the next call tries again.
-    """
-
-    def __init__(
-        self,
-        load: RegistryLoader,
-        ttl_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._load = load
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state: RegistryState | None = None
-        self._loaded_at = float("-inf")
-        self.loads = 0
-
-    def __call__(self) -> RegistryState:
-        with self._lock:  # one load at a time; the others wait for its result
-            if self._state is None or self._clock() - self._loaded_at >= self._ttl_s:
-                self._state = self._load()
-                self._loaded_at = self._clock()
-                self.loads += 1
-            return self._state
 
 
 def _when(micros: int | None) -> str | None:

@@ -1,8 +1,8 @@
-"""The gateway's view of the registry: which model version it serves, and which prompt version
-each request gets.
+"""What the gateway serves, as the registry says: which model version it serves, and which
+prompt version each request gets.
 
 A :class:`~undertow.services.registry.client.Follower` keeps the registry current on a thread.
-When the active version of the served model changes, :class:`RegistryView` tells the backend
+When the active version of the served model changes, :class:`ServingView` tells the backend
 (the local backend loads or drops the LoRA adapter between generations; an upstream backend
 asks its server for the version's served name) and records the switch. A request that names a
 prompt (``undertow.prompt_name``) gets a version resolved here: an explicit
@@ -73,7 +73,7 @@ def unit_hash(unit: str) -> str:
     return hashlib.sha256(unit.encode()).hexdigest()[:32]
 
 
-class RegistryView:
+class ServingView:
     """Follows the registry for one served model and resolves prompts."""
 
     def __init__(
