@@ -35,7 +35,8 @@ typecheck: setup
 	rm -rf build/typecheck && mkdir -p build/typecheck/undertow
 	ln -s $(CURDIR)/undertow/*.py $(CURDIR)/undertow/cli $(CURDIR)/undertow/demo build/typecheck/undertow/
 	for d in schemas streams services infra; do ln -s $(CURDIR)/$$d build/typecheck/undertow/$$d; done
-	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p undertow
+	cd build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/.mypy_cache -p undertow
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit

@@ -506,7 +506,7 @@ class Engine:
         from chdb import session
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._session = session.Session(str(self.data_dir))  # type: ignore[no-untyped-call]
+        self._session = session.Session(str(self.data_dir))
         row = self._query(b"SELECT version(), timezone()").bytes().decode().strip()
         self.version, self.timezone = row.split("\t")
         self._database = None

@@ -511,7 +511,7 @@ class LocalBackend(Backend):
                 code="context_length_exceeded",
             )
 
-        class Cancelled(StoppingCriteria):
+        class Cancelled(StoppingCriteria):  # type: ignore[misc]  # transformers is not followed
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full(
                     (input_ids.shape[0],),
@@ -520,7 +520,7 @@ class LocalBackend(Backend):
                     device=input_ids.device,
                 )
 
-        class Handover(TextStreamer):
+        class Handover(TextStreamer):  # type: ignore[misc]  # transformers is not followed
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
                 if text and on_text is not None:
                     on_text(text)
