@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from undertow.cli import app
+from undertow.cli.console import console as cli_console
 from undertow.infra.stack import StackInfo
 from undertow.services.registry.client import RegistryClient
 from undertow.settings import StackSettings
@@ -24,7 +25,9 @@ def undertow(
     stack_settings: StackSettings, stack: StackInfo, monkeypatch: pytest.MonkeyPatch
 ) -> CliRunner:
     monkeypatch.setenv("UNDERTOW_HOME", str(stack_settings.home))
-    monkeypatch.setenv("COLUMNS", "200")
+    # Wide enough for every column: the CLI's console read COLUMNS when first imported,
+    # which may have been by another test of this process.
+    monkeypatch.setattr(cli_console, "_width", 200)
     return CliRunner()
 
 
