@@ -37,6 +37,9 @@ MODEL = "SmolLM2-135M-Instruct"
 ROUTING_KEY = "DemoRoutingKey0123456789abcdefgh"
 WEBHOOK_SECRET = "demo-webhook-secret-0123456789abcd"
 # The demo's rules: the shipped ones' kinds with windows short enough for compressed time.
+# Seconds between the quality-regression users' requests to the gateway.
+REQUEST_SPACING_S = 2.5
+
 DEMO_RULES: dict[str, Any] = {
     "version": 1,
     # Replayed traffic arrives with its event times interleaved across the topic's partitions
@@ -488,6 +491,12 @@ def run_demo(
         console.print(f"workers, actions, alerts and the gateway starting (logs in {run_dir})")
         with monitor.live():
             _play(info, app, scenario, traces, components, monitor, settings.home)
+            # The regression is played on a pipeline that has caught up: otherwise the bad
+            # version's ratings queue behind the traffic's backlog, users get (and the CPU
+            # spends time on) answers the monitor would have stopped, and the catch looks
+            # later than it is.
+            monitor.counts.phase = "scoring what was sent"
+            _settle(monitor, components)
             _quality_regression(info, components, monitor, warehouse, result)
             monitor.counts.phase = "settling"
             _settle(monitor, components)
@@ -674,15 +683,21 @@ def _quality_regression(
             h = health()
             if h is not None and good is not None and h.get("model_version") == good.version:
                 switched.append(time.time())
-            stop.wait(0.05)
+            stop.wait(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     sdk = Undertow(SdkConfig(app=CHAT_APP, bootstrap_servers=info.bootstrap_servers))
     deadline = time.monotonic() + 300
     i = 0
+    next_request = time.monotonic()
     try:
         while time.monotonic() < deadline and not switched:
+            # Users ask every REQUEST_SPACING_S: the catch is bound by the rules' allowed
+            # lateness (event time), so faster asking only burns CPU on answers nobody needs.
+            if stop.wait(max(0.0, next_request - time.monotonic())) or switched:
+                break
+            next_request = time.monotonic() + REQUEST_SPACING_S
             response = http.post(
                 "/v1/chat/completions",
                 json={
