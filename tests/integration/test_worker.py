@@ -215,6 +215,7 @@ def scored_count(client: Client, event_ids: list[str]) -> int:
 # --- events in, rows out; bad records to dead letters --------------------------------------
 
 
+@pytest.mark.long(seconds=30)
 def test_events_become_rows_and_bad_records_become_dead_letters(
     stack: StackInfo,
     workers: Callable[..., WorkerProcess],
@@ -374,6 +375,7 @@ def scored_traces(run_id: str) -> dict[str, list[dict[str, Any]]]:
     }  # fmt: skip
 
 
+@pytest.mark.long(seconds=30)
 def test_events_are_scored_priced_and_assembled_into_traces(
     stack: StackInfo,
     workers: Callable[..., WorkerProcess],
@@ -490,6 +492,7 @@ def test_events_are_scored_priced_and_assembled_into_traces(
 # --- SIGKILL mid-stream ------------------------------------------------------------------
 
 
+@pytest.mark.long(seconds=80)
 def test_a_killed_worker_resumes_without_loss_or_visible_duplicates(
     stack: StackInfo,
     workers: Callable[..., WorkerProcess],
@@ -498,9 +501,9 @@ def test_a_killed_worker_resumes_without_loss_or_visible_duplicates(
     run_id: str,
 ) -> None:
     bootstrap = stack.bootstrap_servers
-    events = payloads(run_id, 1500, seed=22)  # ~4,500 events
+    events = payloads(run_id, 900, seed=22)  # ~2,700 events
     total = len(events)
-    chunks = [events[i : i + 150] for i in range(0, total, 150)]
+    chunks = [events[i : i + 90] for i in range(0, total, 90)]
     published = threading.Event()
     failures: list[BaseException] = []
 
@@ -599,6 +602,7 @@ def test_a_killed_worker_resumes_without_loss_or_visible_duplicates(
 # --- the warehouse away ------------------------------------------------------------------
 
 
+@pytest.mark.long(seconds=60)
 def test_a_30s_warehouse_outage_loses_nothing_and_the_worker_stays_up(
     stack: StackInfo,
     local_stack: LocalStack,
@@ -639,6 +643,7 @@ def test_a_30s_warehouse_outage_loses_nothing_and_the_worker_stays_up(
     assert worker.terminate() == 0, worker.log()
 
 
+@pytest.mark.long(seconds=50)
 def test_sigterm_while_the_warehouse_is_away_commits_nothing_unwritten(
     stack: StackInfo,
     local_stack: LocalStack,
