@@ -98,6 +98,7 @@ def cli(env: dict[str, str], *args: str) -> str:
     return out
 
 
+@pytest.mark.long(seconds=70)
 def test_a_quality_regression_is_rolled_back_and_the_gateway_serves_the_old_version(
     tmp_path: Path,
 ) -> None:

@@ -23,6 +23,7 @@ def _run(args: list[str], home: Path, timeout: float) -> subprocess.CompletedPro
     return subprocess.run(UNDERTOW + args, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.long(seconds=270)
 def test_demo_catches_every_planted_incident(tmp_path: Path) -> None:
     home = tmp_path / "state"
     report = tmp_path / "report.html"

@@ -68,6 +68,7 @@ def receivers() -> Iterator[Receivers]:
         yield started
 
 
+@pytest.mark.long(seconds=70)
 def test_a_topic_shift_is_detected_alerted_and_paged(
     tmp_path: Path, receivers: tuple[SlackReceiver, PagerDutyReceiver, WebhookReceiver]
 ) -> None:

@@ -186,6 +186,7 @@ def test_promote_moves_a_prompt_label(
     assert registry.load().prompt(name).version == "2"
 
 
+@pytest.mark.long(seconds=30)
 def test_a_fine_tune_registers_an_adapter_only_when_it_improved(
     stack: StackInfo, warehouse: Client, service: dict[str, Any], tiny_base: Path
 ) -> None:

@@ -24,6 +24,7 @@ def test_the_schedule_has_every_fault_once_between_the_first_and_last_chunks() -
     assert schedule(ChaosConfig(seed=6, chunks=20)) != faults
 
 
+@pytest.mark.long(seconds=200)
 def test_a_fleet_under_faults_stores_scores_and_detects_every_event_once(
     stack: StackInfo, local_stack: LocalStack, tmp_path: Path
 ) -> None:

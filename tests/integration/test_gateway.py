@@ -149,6 +149,7 @@ def _new_trace() -> str:
 # -- the local model through the official client -------------------------------------------
 
 
+@pytest.mark.long(seconds=30)
 def test_chat_publishes_prompt_and_completion(
     stack: StackInfo, client_b: openai.OpenAI, sdk_b: Undertow
 ) -> None:

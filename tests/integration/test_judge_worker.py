@@ -208,6 +208,7 @@ def publish_traffic(sdk: Undertow, run: str) -> None:
     )
 
 
+@pytest.mark.long(seconds=30)
 def test_judge_worker_scores_sampled_completions_and_publishes_feedback(
     stack: StackInfo,
     warehouse: Client,

@@ -162,6 +162,7 @@ def start() -> Iterator[Callable[[dict[str, str], str, Path], WorkerProcess]]:
             worker.kill()
 
 
+@pytest.mark.long(seconds=35)
 def test_drift_is_detected_resumed_after_sigkill_alerted_and_paged(
     stack: StackInfo,
     stack_settings: StackSettings,
