@@ -36,10 +36,9 @@ CHAT_APP = "support-chat"  # the traffic through the gateway
 MODEL = "SmolLM2-135M-Instruct"
 ROUTING_KEY = "DemoRoutingKey0123456789abcdefgh"
 WEBHOOK_SECRET = "demo-webhook-secret-0123456789abcd"
-# The demo's rules: the shipped ones' kinds with windows short enough for compressed time.
 # Seconds between the quality-regression users' requests to the gateway.
 REQUEST_SPACING_S = 2.5
-
+# The demo's rules: the shipped ones' kinds with windows short enough for compressed time.
 DEMO_RULES: dict[str, Any] = {
     "version": 1,
     # Replayed traffic arrives with its event times interleaved across the topic's partitions
