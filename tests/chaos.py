@@ -355,6 +355,38 @@ def _scalar(warehouse: Any, sql: str, **params: Any) -> Any:
     return warehouse.query(sql, parameters=params).result_rows[0][0]
 
 
+def overtaken(records: list[Any], *, by_key: bool) -> str:
+    """Where ``records`` (a topic read whole) break the rule the keyed stages rely on: each
+    origin partition's records in origin order (per key, ``by_key``), every record below the
+    highest origin offset seen being a repeat. Names the first few records that came after a
+    later one of their origin partition without having come before (those a keyed stage
+    takes for repeats and loses), with where the later one was."""
+    from undertow.streams.records import origin
+
+    marks: dict[tuple[Any, str], tuple[int, int, int]] = {}  # origin offset, partition, offset
+    seen: set[tuple[Any, str, int]] = set()
+    late: list[str] = []
+    count = 0
+    for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+        where = origin(rec.headers)
+        if where is None:
+            continue
+        key = (rec.key if by_key else None, f"{where[0].rsplit('.', 1)[-1]}:{where[1]}")
+        ident = (*key, where[2])
+        mark = marks.get(key)
+        if mark is None or where[2] > mark[0]:
+            marks[key] = (where[2], rec.partition, rec.offset)
+        elif ident not in seen:
+            count += 1
+            if len(late) < 5:
+                late.append(
+                    f"origin {key[1]}@{where[2]} at [{rec.partition}]@{rec.offset} after "
+                    f"origin @{mark[0]} at [{mark[1]}]@{mark[2]}"
+                )
+        seen.add(ident)
+    return f"{count} records after a later one of their origin: {late}"
+
+
 def check(
     report: ChaosReport,
     warehouse: Any,
@@ -444,6 +476,10 @@ def check(
         scored_events = sum(1 for _ in fresh)
         if scored_events != total:
             failures.append(f"{scored_events} distinct records repartitioned, expected {total}")
+            failures.append("repartition topic: " + overtaken(forwarded, by_key=True))
+            end = _retry("end offsets", lambda: end_offsets(bootstrap, topics["scored"]))
+            scored = _retry("reading", lambda: read_range(bootstrap, topics["scored"], {}, end))
+            failures.append("scored topic: " + overtaken(scored, by_key=False))
         return DriftMonitor(baselines, MonitorConfig(window=WINDOW)).update_many(fresh)
 
     expected = expected_drift()
