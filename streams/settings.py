@@ -105,6 +105,14 @@ class WorkerSettings(BaseSettings):
         ge=1024 * 1024,
         description="largest checkpoint of one key (a drift segment holds windows of vectors)",
     )
+    origin_window: int = Field(
+        default=10_000,
+        ge=100,
+        description=(
+            "how far below the highest origin offset a key folded a record is still told "
+            "apart exactly from a repeat (streams/state/folded.py)"
+        ),
+    )
 
     # drift: baselines come from the warehouse's baselines table (undertow baseline build),
     # polled for changes; the monitor keeps `drift_window` recent events per stream.

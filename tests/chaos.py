@@ -89,6 +89,7 @@ class ChaosReport:
     drift_events: int = 0
     detections: int = 0
     alerts: int = 0
+    reordered: int = 0  # records forwarded after a later one of their origin (none lost)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -101,7 +102,8 @@ class ChaosReport:
         return (
             f"seed {self.seed}: {self.events} events, {self.traces} traces, faults "
             f"{', '.join(self.faults)}; {self.drift_events} drift events "
-            f"({self.detections} detections), {self.alerts} alerts; {self.seconds:.0f} s; "
+            f"({self.detections} detections), {self.alerts} alerts; "
+            f"{self.reordered} records forwarded late; {self.seconds:.0f} s; "
             f"{verdict}"
         )
 
@@ -355,7 +357,7 @@ def _scalar(warehouse: Any, sql: str, **params: Any) -> Any:
     return warehouse.query(sql, parameters=params).result_rows[0][0]
 
 
-def overtaken(records: list[Any], *, by_key: bool) -> str:
+def overtaken(records: list[Any], *, by_key: bool) -> tuple[int, list[str]]:
     """Where ``records`` (a topic read whole) break the rule the keyed stages rely on: each
     origin partition's records in origin order (per key, ``by_key``), every record below the
     highest origin offset seen being a repeat. Names the first few records that came after a
@@ -384,7 +386,7 @@ def overtaken(records: list[Any], *, by_key: bool) -> str:
                     f"origin @{mark[0]} at [{mark[1]}]@{mark[2]}"
                 )
         seen.add(ident)
-    return f"{count} records after a later one of their origin: {late}"
+    return count, late
 
 
 def check(
@@ -453,7 +455,8 @@ def check(
     if (int(traces[0]), int(traces[1])) != (config.traces, total):
         failures.append(f"traces {traces[0]} with {traces[1]} spans; expected {config.traces}")
 
-    # Drift: the monitor fed the repartitioned records, each origin once, in log order.
+    # Drift: the monitor fed the repartitioned records, each origin once, in log order (an
+    # event forwarded after a later one of its origin partition counts where it comes).
     from undertow.streams.drift import DriftMonitor, MonitorConfig
     from undertow.streams.records import origin
 
@@ -464,22 +467,24 @@ def check(
     def expected_drift() -> list[dict[str, Any]]:
         end = _retry("end offsets", lambda: end_offsets(bootstrap, repartition))
         forwarded = _retry("reading", lambda: read_range(bootstrap, repartition, {}, end))
-        seen: dict[tuple[bytes | None, str], int] = {}
+        seen: set[tuple[bytes | None, str, int]] = set()
         fresh = []
         for rec in sorted(forwarded, key=lambda r: (r.partition, r.offset)):
             where = origin(rec.headers)
             assert where is not None, f"a repartitioned record without origin: {rec}"
-            key = (rec.key, f"{where[0]}:{where[1]}")
-            if where[2] > seen.get(key, -1):
-                seen[key] = where[2]
+            ident = (rec.key, f"{where[0]}:{where[1]}", where[2])
+            if ident not in seen:
+                seen.add(ident)
                 fresh.append(codec.decode(rec.value, "scored_event").record)
+        report.reordered, late = overtaken(forwarded, by_key=True)
         scored_events = sum(1 for _ in fresh)
         if scored_events != total:
             failures.append(f"{scored_events} distinct records repartitioned, expected {total}")
-            failures.append("repartition topic: " + overtaken(forwarded, by_key=True))
+            failures.append(f"repartition topic: {report.reordered} late: {late}")
             end = _retry("end offsets", lambda: end_offsets(bootstrap, topics["scored"]))
             scored = _retry("reading", lambda: read_range(bootstrap, topics["scored"], {}, end))
-            failures.append("scored topic: " + overtaken(scored, by_key=False))
+            count, late = overtaken(scored, by_key=False)
+            failures.append(f"scored topic: {count} late: {late}")
         return DriftMonitor(baselines, MonitorConfig(window=WINDOW)).update_many(fresh)
 
     expected = expected_drift()

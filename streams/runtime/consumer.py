@@ -66,6 +66,8 @@ def refuse_stale_acks(app: Any, timer: Timer, positions: Positions | None = None
                 offset = low
                 rereads.moved(tp, low)
             logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s[%d]: %s", tp.topic, tp.partition, await fetch_state(app, tp))
             await consumer.seek(tp, offset)
             if positions is not None:
                 positions.sought(tp.topic, tp.partition, offset)

@@ -52,7 +52,7 @@ class KeyedStage:
         )
         self.table.key_serializer = "raw"
         self.table.value_serializer = "raw"
-        self.states = KeyedStates(self.table.data)
+        self.states = KeyedStates(self.table.data, window=settings.origin_window)
         self.lock = asyncio.Lock()
         self.held: list[Batch] = []
         self.last = time.monotonic()

@@ -11,12 +11,13 @@ never passes a record whose effect is not in the changelog.
 After a crash the records since the last commit are read again. Some of them may already be
 in a checkpointed state (a checkpoint written, the commit that followed it not yet), and the
 repartition stage may have forwarded some twice (forwarded, then killed before its commit),
-so the same event can come again under a new offset. Records therefore carry their *origin*
-(the topic, partition and offset of the event before repartitioning, in a header), every
-checkpoint records, per key, the highest origin offset folded into it for each origin
-partition, and :meth:`KeyedStates.fresh` tells a repeated record from a new one. (The events
-of one origin partition reach a key in origin order: the repartition stage forwards each
-partition in order.) A processor whose decisions
+so the same event can come again under a new offset; and around seeks and rebalances
+upstream an event can come after a later one of its origin partition. Records therefore
+carry their *origin* (the topic, partition and offset of the event before repartitioning,
+in a header), every checkpoint records, per key, the origin offsets folded into it
+(:class:`~undertow.streams.state.folded.FoldedOffsets`: exact within a window below the
+highest), and :meth:`KeyedStates.fresh` tells a repeated record from a new one, whatever
+order they come in. A processor whose decisions
 are a deterministic function of its state and input (the drift monitor and the policy engine
 are) then makes exactly the decisions it would have made had it never stopped, and whatever
 it emitted twice carries the same ids, which the warehouse deduplicates.
@@ -27,8 +28,11 @@ it to the worker that owns the key. A key's in-memory state is trusted only with
 consumer generation it was loaded in: after a rebalance it is loaded again from the table,
 which is what the previous owner checkpointed.
 
-Values in the table are ``zlib``-compressed JSON: ``{"v": 1, "partition", "origins", "state"}``
-(``origins``: origin partition, as ``topic:partition``, to the highest offset folded).
+Values in the table are ``zlib``-compressed JSON: ``{"v": 2, "partition", "origins",
+"folded", "state"}`` (``origins``: origin partition, as ``topic:partition``, to the highest
+offset folded; ``folded``: origin partition to ``[floor, [[low, high], ...]]``, the offsets
+folded, see :mod:`~undertow.streams.state.folded`). Version 1 values (no ``folded``) are read
+as everything up to ``origins`` folded.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from undertow.errors import UndertowError
+from undertow.streams.state.folded import DEFAULT_MAX_RANGES, DEFAULT_WINDOW, FoldedOffsets
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+Folded = dict[str, tuple[int, list[list[int]]]]  # origin -> (floor, ranges)
 
 
 class CheckpointError(UndertowError):
@@ -50,16 +57,42 @@ class CheckpointError(UndertowError):
 
 @dataclass(frozen=True)
 class Saved:
-    """A key's checkpoint: its partition, the highest origin offsets folded into ``state``."""
+    """A key's checkpoint: its partition, the highest origin offsets folded into ``state``
+    and (``folded``) exactly which."""
 
     partition: int
     origins: dict[str, int]
     state: dict[str, Any]
+    # None: everything up to ``origins`` (a version 1 value); not compared: ``origins`` and
+    # ``state`` say what a checkpoint is, ``folded`` how exactly it got there
+    folded: Folded | None = field(default=None, compare=False)
+
+    def folded_offsets(
+        self, window: int = DEFAULT_WINDOW, max_ranges: int = DEFAULT_MAX_RANGES
+    ) -> FoldedOffsets:
+        """The folded offsets as :class:`KeyedStates` keeps them, bounded so."""
+        if self.folded is None:
+            return FoldedOffsets.through(self.origins, window, max_ranges)
+        return FoldedOffsets(window, max_ranges, self.folded)
 
 
-def encode_checkpoint(partition: int, origins: dict[str, int], state: dict[str, Any]) -> bytes:
-    """The table value of a checkpoint (compact JSON, compressed)."""
-    body = {"v": FORMAT_VERSION, "partition": partition, "origins": origins, "state": state}
+def encode_checkpoint(
+    partition: int,
+    origins: dict[str, int],
+    state: dict[str, Any],
+    folded: Folded | None = None,
+) -> bytes:
+    """The table value of a checkpoint (compact JSON, compressed); ``folded`` defaults to
+    everything up to ``origins``."""
+    if folded is None:
+        folded = {origin: (mark, []) for origin, mark in origins.items()}
+    body = {
+        "v": FORMAT_VERSION,
+        "partition": partition,
+        "origins": origins,
+        "folded": {origin: [floor, ranges] for origin, (floor, ranges) in folded.items()},
+        "state": state,
+    }
     return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 3)
 
 
@@ -67,10 +100,18 @@ def decode_checkpoint(raw: bytes) -> Saved:
     """The checkpoint in a table value; :class:`CheckpointError` when it is not one."""
     try:
         body = json.loads(zlib.decompress(raw))
-        if body.get("v") != FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format {body.get('v')!r}, expected {FORMAT_VERSION}")
+        if body.get("v") not in READABLE_VERSIONS:
+            raise CheckpointError(
+                f"checkpoint format {body.get('v')!r}, expected one of {READABLE_VERSIONS}"
+            )
         origins = {str(k): int(v) for k, v in body["origins"].items()}
-        return Saved(int(body["partition"]), origins, dict(body["state"]))
+        folded: Folded | None = None
+        if body["v"] >= 2:
+            folded = {
+                str(origin): (int(floor), [[int(lo), int(hi)] for lo, hi in ranges])
+                for origin, (floor, ranges) in body["folded"].items()
+            }
+        return Saved(int(body["partition"]), origins, dict(body["state"]), folded)
     except CheckpointError:
         raise
     except (zlib.error, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -80,7 +121,7 @@ def decode_checkpoint(raw: bytes) -> Saved:
 @dataclass
 class _Slot:
     partition: int
-    origins: dict[str, int]  # highest origin offset folded into the in-memory state
+    folded: FoldedOffsets  # the origin offsets folded into the in-memory state
     generation: int
     dirty: bool = False
 
@@ -90,11 +131,22 @@ class KeyedStates:
 
     ``table``: the Faust table's data (key bytes to checkpoint bytes), filled by Faust's
     recovery from the changelog and by :meth:`checkpoints`' caller after each write.
+    ``window`` and ``max_ranges`` bound each key's record of the offsets it folded
+    (:class:`~undertow.streams.state.folded.FoldedOffsets`).
     """
 
-    def __init__(self, table: MutableMapping[Any, Any]) -> None:
+    def __init__(
+        self,
+        table: MutableMapping[Any, Any],
+        window: int = DEFAULT_WINDOW,
+        max_ranges: int = DEFAULT_MAX_RANGES,
+    ) -> None:
         self.table = table
         self._slots: dict[str, _Slot] = {}
+        self.window, self.max_ranges = window, max_ranges
+
+    def _empty(self) -> FoldedOffsets:
+        return FoldedOffsets(self.window, self.max_ranges)
 
     def load(self, key: str, partition: int, generation: int) -> Saved | None:
         """Start using ``key`` in ``generation``: its checkpoint from the table, or None when
@@ -105,11 +157,12 @@ class KeyedStates:
             saved = None if raw is None else decode_checkpoint(bytes(raw))
         except CheckpointError:
             # Start the key afresh, and overwrite the bad value at the next checkpoint.
-            self._slots[key] = _Slot(partition, {}, generation, dirty=True)
+            self._slots[key] = _Slot(partition, self._empty(), generation, dirty=True)
             raise
         if saved is not None and saved.partition != partition:
             saved = None  # the input was repartitioned differently since: start afresh
-        self._slots[key] = _Slot(partition, dict(saved.origins) if saved else {}, generation)
+        folded = saved.folded_offsets(self.window, self.max_ranges) if saved else self._empty()
+        self._slots[key] = _Slot(partition, folded, generation)
         return saved
 
     def current(self, key: str, generation: int) -> bool:
@@ -119,13 +172,13 @@ class KeyedStates:
 
     def fresh(self, key: str, origin: str, offset: int) -> bool:
         """True when the event at ``offset`` of origin partition ``origin`` is not yet folded
-        into the state of ``key``."""
-        return offset > self._slots[key].origins.get(origin, -1)
+        into the state of ``key`` (in whatever order records come)."""
+        return self._slots[key].folded.fresh(origin, offset)
 
     def folded(self, key: str, origin: str, offset: int) -> None:
         """The event at ``offset`` of ``origin`` is now part of the state of ``key``."""
         slot = self._slots[key]
-        slot.origins[origin] = max(slot.origins.get(origin, -1), offset)
+        slot.folded.add(origin, offset)
         slot.dirty = True
 
     def touch(self, key: str) -> None:
@@ -158,7 +211,8 @@ class KeyedStates:
                 continue
             state = state_of(key)
             if state is not None:
-                value = encode_checkpoint(slot.partition, slot.origins, state)
+                folded = slot.folded
+                value = encode_checkpoint(slot.partition, folded.marks(), state, folded.state())
                 out.append((slot.partition, key.encode(), value))
         return out
 

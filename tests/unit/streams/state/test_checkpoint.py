@@ -46,11 +46,28 @@ def test_a_checkpoint_decodes_to_what_was_encoded() -> None:
     assert isinstance(value, bytes)
     assert decode_checkpoint(value) == Saved(partition=3, origins=origins, state=STATE)
     assert json.loads(zlib.decompress(value)) == {
-        "v": 1,
+        "v": 2,
         "partition": 3,
         "origins": origins,
+        "folded": {SCORED_0: [41, []], SCORED_1: [7, []]},  # everything up to the marks
         "state": STATE,
     }
+
+
+def test_the_exact_folded_offsets_round_trip() -> None:
+    folded = {SCORED_0: (10, [[12, 14], [20, 20]]), SCORED_1: (-1, [[0, 3]])}
+    saved = decode_checkpoint(encode_checkpoint(1, {SCORED_0: 20, SCORED_1: 3}, STATE, folded))
+    assert saved.folded == folded
+    offsets = saved.folded_offsets()
+    assert [o for o in range(9, 22) if offsets.fresh(SCORED_0, o)] == [11, 15, 16, 17, 18, 19, 21]
+
+
+def test_a_version_1_checkpoint_reads_as_everything_up_to_its_marks_folded() -> None:
+    saved = decode_checkpoint(raw(body(origins={SCORED_0: 40})))
+    assert saved == Saved(0, {SCORED_0: 40}, {}) and saved.folded is None
+    offsets = saved.folded_offsets()
+    assert not offsets.fresh(SCORED_0, 0) and not offsets.fresh(SCORED_0, 40)
+    assert offsets.fresh(SCORED_0, 41)
 
 
 def test_an_empty_checkpoint_round_trips() -> None:
@@ -74,10 +91,25 @@ def test_garbage_bytes_raise_checkpoint_error(value: bytes) -> None:
         decode_checkpoint(value)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", "2", None])
 def test_another_format_version_is_refused(version: Any) -> None:
-    with pytest.raises(CheckpointError, match=rf"checkpoint format {version!r}, expected 1"):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint format {version!r}, expected one of \(1, 2\)"
+    ):
         decode_checkpoint(raw(body(v=version)))
+
+
+def test_a_version_2_value_without_its_folded_offsets_is_refused() -> None:
+    with pytest.raises(CheckpointError, match="folded"):
+        decode_checkpoint(raw(body(v=2)))
+
+
+@pytest.mark.parametrize(
+    "folded", [[1], {SCORED_0: 5}, {SCORED_0: [1, [[2]]]}, {SCORED_0: [1, [["a", 3]]]}]
+)
+def test_ill_typed_folded_offsets_raise_checkpoint_error(folded: Any) -> None:
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        decode_checkpoint(raw(body(v=2, folded=folded)))
 
 
 def test_a_value_without_a_version_is_refused() -> None:
@@ -199,7 +231,7 @@ def test_state_is_current_only_in_the_generation_it_was_loaded_in() -> None:
 def test_reloading_in_a_new_generation_discards_what_was_folded_since_the_checkpoint() -> None:
     states = states_with({b"a": encode_checkpoint(0, {SCORED_0: 10}, STATE)})
     states.load("a", 0, 1)
-    states.folded("a", SCORED_0, 20)
+    states.folded("a", SCORED_0, 15)
     assert not states.fresh("a", SCORED_0, 15)
     states.load("a", 0, 2)  # a rebalance: what the table holds is the truth
     assert states.fresh("a", SCORED_0, 15) and not states.fresh("a", SCORED_0, 10)
@@ -217,6 +249,7 @@ def test_folded_moves_each_origin_forward_only_and_marks_the_key_dirty() -> None
     assert not states.fresh("a", SCORED_0, 5) and states.fresh("a", SCORED_0, 6)
     states.folded("a", SCORED_0, 3)  # an older offset never moves it back
     assert not states.fresh("a", SCORED_0, 5) and states.fresh("a", SCORED_0, 6)
+    assert not states.fresh("a", SCORED_0, 3) and states.fresh("a", SCORED_0, 4)
     assert states.fresh("a", SCORED_1, 0)  # origins are independent
     states.folded("a", SCORED_1, 2)
     ((_, _, value),) = states.checkpoints(1, lambda k: {})
@@ -308,3 +341,36 @@ def test_forget_drops_the_chosen_slots_which_then_load_again() -> None:
     assert states.forget(lambda k: False) == []
     assert states.load("a", 0, 2) == Saved(0, {SCORED_0: 3}, {"a": 1})
     assert states.fresh("a", SCORED_0, 4) and not states.fresh("a", SCORED_0, 3)
+
+
+def test_a_record_that_comes_after_a_later_one_of_its_origin_is_folded_once() -> None:
+    # Around seeks and rebalances upstream, an origin partition's records can reach a key out
+    # of order: the earlier ones are new, not repeats, and count once each all the same.
+    states = states_with({b"a": encode_checkpoint(0, {SCORED_0: 99}, {})})
+    states.load("a", 0, 1)
+    for offset in range(150, 200):
+        assert states.fresh("a", SCORED_0, offset)
+        states.folded("a", SCORED_0, offset)
+    late = [o for o in range(90, 200) if states.fresh("a", SCORED_0, o)]
+    assert late == list(range(100, 150))
+    for offset in late:
+        states.folded("a", SCORED_0, offset)
+    assert not any(states.fresh("a", SCORED_0, o) for o in range(0, 200))
+    ((_, _, value),) = states.checkpoints(1, lambda k: {})
+    assert decode_checkpoint(value).folded == {SCORED_0: (99, [[100, 199]])}
+
+
+def test_the_window_bounds_what_a_key_remembers_of_its_origins() -> None:
+    states = KeyedStates({}, window=100, max_ranges=3)
+    states.load("a", 0, 1)
+    for offset in (0, 2, 4, 6, 8, 500):
+        states.folded("a", SCORED_0, offset)
+    # 500 - 100: everything at or below 400 counts as folded now, new or not
+    assert not states.fresh("a", SCORED_0, 399) and states.fresh("a", SCORED_0, 401)
+    for offset in (410, 420, 430, 440):
+        states.folded("a", SCORED_0, offset)
+    ((_, _, value),) = states.checkpoints(1, lambda k: {})
+    saved = decode_checkpoint(value)
+    floor, ranges = saved.folded[SCORED_0] if saved.folded else (None, None)
+    assert len(ranges or []) == 3 and floor == 420  # the oldest ranges gave way to the floor
+    assert saved.origins == {SCORED_0: 500}
