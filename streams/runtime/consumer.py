@@ -10,6 +10,8 @@ would take):
   and the intake's :class:`~undertow.streams.runtime.positions.Positions` learns where.
 * :func:`watch_stalls`: a partition that owes records held back, or whose topic is silent
   while the broker has records past its position, is sought back.
+* :func:`fetch_again`: a partition sought back because a seek brought nothing is fetched
+  again if Faust left it out of the partitions it fetches.
 
 The attributes replaced here (``ack``, ``perform_seek``) are checked at start by
 :func:`undertow.streams.runtime.edge.check_edge`.
@@ -66,8 +68,7 @@ def refuse_stale_acks(app: Any, timer: Timer, positions: Positions | None = None
                 offset = low
                 rereads.moved(tp, low)
             logger.info("reading %s from offset %d again (skipped at a rebalance)", tp, offset)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s[%d]: %s", tp.topic, tp.partition, await fetch_state(app, tp))
+            await fetch_again(app, tp)
             await consumer.seek(tp, offset)
             if positions is not None:
                 positions.sought(tp.topic, tp.partition, offset)
@@ -136,11 +137,48 @@ def watch_stalls(app: Any, timer: Timer, positions: Positions) -> None:
                 offset,
                 Positions.STALL_AFTER_S,
             )
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s[%d]: %s", tp.topic, tp.partition, await fetch_state(app, tp))
+            await fetch_again(app, tp)
         await seek_back(app, positions, seeks)
 
     timer(1.0, "undertow.streams.stalls", seek_stalled)
+
+
+async def fetch_again(app: Any, tp: Any) -> bool:
+    """Make sure Faust fetches ``tp``, an assigned partition about to be sought back because
+    it owes records; True when it had to be put back among the partitions Faust fetches.
+
+    Faust hands aiokafka's fetcher only its *active* partitions; records fetched for any
+    other stay in the fetcher, and a seek just fetches them again, unseen. A partition leaves
+    the active ones when its stream's buffer is under pressure, to come back once the
+    buffer has drained below 40% (``Consumer.on_buffer_full``/``on_buffer_drop``), and while
+    the assignment is recovered (``pause_partitions``). A worker catching up kept its buffer
+    above that mark for minutes, and chaos seed 26 left an event partition unread for as
+    long as the run lasted, every seek back answered by nothing. Outside a rebalance and a
+    recovery, an assigned partition that owes records is fetched; the buffer's bound is a
+    soft one (Faust still accepts whatever was fetched)."""
+    consumer = app.consumer
+    if app.rebalancing or app.in_recovery or tp not in consumer.assignment():
+        return False
+    active = consumer._get_active_partitions()
+    if tp in active:
+        return False
+    why = (
+        "its stream's buffer was full"
+        if tp in consumer._buffered_partitions
+        else "paused"
+        if tp in consumer._paused_partitions
+        else "left out"
+    )
+    logger.warning(
+        "%s[%d]: Faust was not fetching it (%s) while it owed records; fetching it again (%s)",
+        tp.topic,
+        tp.partition,
+        why,
+        await fetch_state(app, tp),
+    )
+    consumer._buffered_partitions.discard(tp)
+    consumer.resume_partitions([tp])
+    return True
 
 
 async def fetch_state(app: Any, tp: Any) -> str:

@@ -62,7 +62,7 @@ class Expect:
     """One attribute the runtime relies on: where (dotted from the app), what shape."""
 
     path: str
-    kind: str  # "coroutine", "function", "mapping", "mutable mapping", "int"
+    kind: str  # "coroutine", "function", "mapping", "mutable mapping", "set", "int", "bool"
     params: tuple[str, ...] | None = None  # parameter names, self excluded, in order
 
 
@@ -77,6 +77,12 @@ EXPECTED: tuple[Expect, ...] = (
     Expect("consumer._committed_offset", "mapping"),
     Expect("consumer_generation_id", "int"),
     Expect("assignor.assigned_actives", "function", ()),
+    Expect("rebalancing", "bool"),
+    Expect("in_recovery", "bool"),
+    Expect("consumer._get_active_partitions", "function", ()),
+    Expect("consumer._buffered_partitions", "set"),
+    Expect("consumer._paused_partitions", "set"),
+    Expect("consumer.resume_partitions", "function", ("tps",)),
     # runtime.seeks
     Expect("consumer._seek", "coroutine", ("partition", "offset")),
     Expect("consumer._read_offset", "mutable mapping"),
@@ -109,8 +115,12 @@ def _mismatch(value: Any, expect: Expect) -> str | None:
         return f"a mapping, found {type(value).__name__}"
     if kind == "mutable mapping" and not isinstance(value, MutableMapping):
         return f"a mutable mapping, found {type(value).__name__}"
-    if kind == "int" and not isinstance(value, int):
+    if kind == "set" and not isinstance(value, set):
+        return f"a set, found {type(value).__name__}"
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
         return f"an int, found {type(value).__name__}"
+    if kind == "bool" and not isinstance(value, bool):
+        return f"a bool, found {type(value).__name__}"
     if kind in ("coroutine", "function"):
         if not callable(value):
             return f"a callable, found {type(value).__name__}"

@@ -10,7 +10,12 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from undertow.streams.runtime.consumer import seek_back, seek_uncommitted, watch_stalls
+from undertow.streams.runtime.consumer import (
+    fetch_again,
+    seek_back,
+    seek_uncommitted,
+    watch_stalls,
+)
 from undertow.streams.runtime.positions import Positions, Rereads
 
 
@@ -31,9 +36,25 @@ class Consumer:
         self.seeks: list[tuple[TP, int]] = []
         self.ends: dict[TP, int] = {}  # the broker's end offsets
         self.asked: list[TP] = []
+        # Faust's fetch bookkeeping: the partitions it fetches, and why others are left out
+        self._active_partitions: set[TP] = set(assigned)
+        self._buffered_partitions: set[TP] = set()
+        self._paused_partitions: set[TP] = set()
+        self._read_offset: dict[TP, int] = {}
+        self.flow_active = True
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
+
+    def _get_active_partitions(self) -> set[TP]:
+        return self._active_partitions
+
+    def resume_partitions(self, tps: Any) -> None:
+        self._active_partitions.update(tps)
+        self._paused_partitions.difference_update(tps)
+
+    async def position(self, tp: TP) -> int:
+        return self._read_offset.get(tp, 0)
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         return self.accept
@@ -47,6 +68,13 @@ class Consumer:
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
         self.asked.extend(tps)
         return {tp: self.ends.get(tp, 0) for tp in tps}
+
+
+def app_of(consumer: Consumer, **state: Any) -> Any:
+    """An app with ``consumer``, neither rebalancing nor in recovery unless ``state`` says."""
+    return SimpleNamespace(
+        **{"rebalancing": False, "in_recovery": False, **state}, consumer=consumer
+    )
 
 
 def run(coro: Any) -> Any:
@@ -190,7 +218,7 @@ def test_the_stall_timer_seeks_back_assigned_stalled_partitions() -> None:
 
     consumer.earliest_offsets = earliest_offsets  # type: ignore[attr-defined]
     timers: list[Any] = []
-    app = SimpleNamespace(consumer=consumer)
+    app = app_of(consumer)
     watch_stalls(app, lambda interval, name, tick: timers.append(tick), positions)
     (tick,) = timers
     now[0] += Positions.STALL_AFTER_S
@@ -314,3 +342,46 @@ def test_a_topic_whose_batch_is_being_handled_is_busy_not_silent() -> None:
     now[0] += Positions.STALL_AFTER_S
     assert positions.quiet() == [(EVENTS, 0)]
     assert positions.stalled() == {(EVENTS, 0): 2}  # it owes 5: no need to ask the broker
+
+
+def test_a_stalled_partition_faust_stopped_fetching_is_fetched_again() -> None:
+    # Chaos seed 26: an event partition left out of Faust's active partitions (its stream's
+    # buffer under pressure) while the worker caught up; every seek back brought nothing.
+    p0, p1 = TP(EVENTS, 0), TP(EVENTS, 1)
+    consumer = Consumer({p0, p1}, {})
+    consumer._active_partitions.discard(p0)
+    consumer._buffered_partitions.add(p0)
+    assert run(fetch_again(app_of(consumer, rebalancing=True), p0)) is False
+    assert run(fetch_again(app_of(consumer, in_recovery=True), p0)) is False
+    assert p0 not in consumer._active_partitions  # Faust's to decide while it recovers
+    assert run(fetch_again(app_of(consumer), p0)) is True
+    assert p0 in consumer._active_partitions and not consumer._buffered_partitions
+    assert run(fetch_again(app_of(consumer), p0)) is False  # fetched already: nothing to do
+    consumer._active_partitions.discard(p1)
+    consumer._paused_partitions.add(p1)  # paused for a recovery that never resumed it
+    assert run(fetch_again(app_of(consumer), p1)) is True
+    assert consumer._active_partitions == {p0, p1} and not consumer._paused_partitions
+    gone = TP(EVENTS, 2)  # not assigned: not this worker's to fetch
+    assert run(fetch_again(app_of(consumer), gone)) is False
+    assert gone not in consumer._active_partitions
+
+
+def test_the_stall_timer_fetches_again_a_partition_faust_left_out() -> None:
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    p0 = TP(EVENTS, 0)
+    positions.sought(EVENTS, 0, 100)
+    positions.admit(events(EVENTS, 0, 150))  # owes 100..149
+    consumer = Consumer({p0}, {})
+    consumer._active_partitions.clear()
+    consumer._buffered_partitions.add(p0)
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 0)
+
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[attr-defined]
+    timers: list[Any] = []
+    watch_stalls(app_of(consumer), lambda interval, name, tick: timers.append(tick), positions)
+    now[0] += Positions.STALL_AFTER_S
+    run(timers[0]())
+    assert consumer.seeks == [(p0, 100)] and p0 in consumer._active_partitions
