@@ -151,11 +151,12 @@ async def fetch_again(app: Any, tp: Any) -> bool:
     other stay in the fetcher, and a seek just fetches them again, unseen. A partition leaves
     the active ones when its stream's buffer is under pressure, to come back once the
     buffer has drained below 40% (``Consumer.on_buffer_full``/``on_buffer_drop``), and while
-    the assignment is recovered (``pause_partitions``). A worker catching up kept its buffer
-    above that mark for minutes, and chaos seed 26 left an event partition unread for as
-    long as the run lasted, every seek back answered by nothing. Outside a rebalance and a
-    recovery, an assigned partition that owes records is fetched; the buffer's bound is a
-    soft one (Faust still accepts whatever was fetched)."""
+    the assignment is recovered (``pause_partitions``); while the other partitions keep the
+    buffer above that mark, it stays out (docs/faust.md, fault 11). Chaos seed 26 left an
+    event partition unread for as long as the run lasted, every seek back answered by
+    nothing, most likely so. Outside a rebalance and a recovery, an assigned partition that
+    owes records is fetched; the buffer's bound is a soft one (Faust still accepts whatever
+    was fetched)."""
     consumer = app.consumer
     if app.rebalancing or app.in_recovery or tp not in consumer.assignment():
         return False
