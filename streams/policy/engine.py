@@ -11,9 +11,12 @@ Time, per input stream (scored and drift each have a clock):
 
 * The stream's *event-time now* is the latest event time seen. Scored events older than
   ``now - allowed_lateness`` (the watermark) are ignored and counted in
-  ``metrics["late_events"]``; later ones count even when out of order. Drift events are
-  judgments already made upstream and are never dropped.
-* A window ending at E is evaluated once the watermark reaches E; an incident of an event or
+  ``metrics["late_events"]``; later ones count even when out of order. A rule with an
+  ``allowed_lateness`` of its own has a watermark of its own: events older than it are left
+  out of that rule (counted in ``metrics["late_for_rule"]``), and the engine's watermark is
+  the earliest of all. Drift events are judgments already made upstream and are never
+  dropped.
+* A window ending at E is evaluated once the rule's watermark reaches E; an incident of an event or
   drift rule resolves once the watermark (drift: now) passes ``last hit + clear_after``.
 * When no event arrived for ``idle_after`` on the processing clock, ``tick(now)`` lets
   event-time now advance with the processing clock (from the latest event time, by the time
@@ -91,6 +94,7 @@ METRICS: tuple[str, ...] = (
     "scored_events",
     "drift_events",
     "late_events",
+    "late_for_rule",
     "alerts_firing",
     "alerts_escalated",
     "alerts_resolved",
@@ -229,6 +233,14 @@ class PolicyEngine:
         self._scored: list[ScoredRule] = [r for r in self.rules if not isinstance(r, DriftRule)]
         self._drift: list[DriftRule] = [r for r in self.rules if isinstance(r, DriftRule)]
         self._states: dict[str, _RuleState] = {r.name: _RuleState() for r in self.rules}
+        # each scored rule's lateness (micros), and the engine's: the longest
+        self._lateness = {
+            r.name: to_micros(
+                self.allowed_lateness if r.allowed_lateness is None else r.allowed_lateness
+            )
+            for r in self._scored
+        }
+        self._max_lateness = max([to_micros(self.allowed_lateness), *self._lateness.values()])
         self._clocks = {"scored": _Clock(), "drift": _Clock()}
         self.metrics: dict[str, int] = dict.fromkeys(METRICS, 0)
 
@@ -261,6 +273,10 @@ class PolicyEngine:
         out: list[Alert] = []
         for rule in self._scored:
             if not _matches(rule, event, _scored_field):
+                continue
+            rule_watermark = self._watermark(rule)
+            if rule_watermark is not None and t < rule_watermark:
+                self.metrics["late_for_rule"] += 1
                 continue
             value = _value(event, rule.value)
             if value is None or (isinstance(rule, EventRule) and not value > rule.threshold):
@@ -423,7 +439,7 @@ class PolicyEngine:
         if kept and isinstance(rule, RateRule | BudgetRule | PercentileRule):
             step = to_micros(rule.step_size)
             now = clocks["scored"].now or 0
-            next_end = floor_to(now - to_micros(self.allowed_lateness), step) + step
+            next_end = floor_to(now - self._lateness[rule.name], step) + step
         return _RuleState(kept, next_end)
 
     # -- groups -----------------------------------------------------------------------------
@@ -665,21 +681,25 @@ class PolicyEngine:
 
     # -- time -------------------------------------------------------------------------------
 
-    def _watermark(self) -> int | None:
+    def _watermark(self, rule: ScoredRule | None = None) -> int | None:
+        """The scored stream's watermark: ``rule``'s, or the engine's (the earliest)."""
         now = self._clocks["scored"].now
-        return None if now is None else now - to_micros(self.allowed_lateness)
+        if now is None:
+            return None
+        return now - (self._max_lateness if rule is None else self._lateness[rule.name])
 
     def _advance(self) -> list[Alert]:
         out: list[Alert] = []
-        scored = self._watermark()
         drift = self._clocks["drift"].now
         for rule in self.rules:
             if isinstance(rule, DriftRule):
                 if drift is not None:
                     out += self._advance_trigger(rule, drift)
-            elif scored is None:
                 continue
-            elif isinstance(rule, EventRule):
+            scored = self._watermark(rule)
+            if scored is None:
+                continue
+            if isinstance(rule, EventRule):
                 out += self._advance_trigger(rule, scored)
             else:
                 out += self._advance_window(rule, scored)

@@ -17,8 +17,10 @@ A rule file is a mapping with ``version: 1``, engine settings (``allowed_latenes
 came for ``clear_after``; later hits join the incident (a burst is one alert, with a count).
 Window rules are evaluated every ``step`` on the window ending there: they fire once the
 condition held for ``for`` and resolve once it has been clear for ``clear_after``.
-"Above" is strictly greater everywhere. Durations are seconds or strings like ``90s``, ``5m``,
-``1h30m``.
+Rules over scored events may set their own ``allowed_lateness`` (the file's otherwise): a
+rule over live traffic, such as users' ratings, need not wait as long as one over replayed
+traffic. "Above" is strictly greater everywhere. Durations are seconds or strings like
+``90s``, ``5m``, ``1h30m``.
 
 >>> rules = parse_rules({"rules": [{"name": "slow", "kind": "percentile", "quantile": 0.95,
 ...                                 "threshold": 2000, "window": "5m"}]})
@@ -310,6 +312,8 @@ class EventRule(_TriggerRule):
     kind: Literal["event"]
     value: ValueRef
     threshold: FiniteFloat
+    # how late an event may come and still count for this rule; the file's when None
+    allowed_lateness: Duration | None = None
 
 
 class DriftRule(_TriggerRule):
@@ -337,6 +341,9 @@ class _WindowRule(_Rule):
     threshold: FiniteFloat
     clear_threshold: FiniteFloat | None = None
     min_count: int = Field(default=1, ge=1)
+    # how late an event may come and still count, and so how long a window waits before it
+    # is evaluated; the file's when None
+    allowed_lateness: Duration | None = None
 
     @model_validator(mode="after")
     def _check_window(self) -> _WindowRule:

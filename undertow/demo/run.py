@@ -122,6 +122,9 @@ DEMO_RULES: dict[str, Any] = {
             "min_count": 8,
             "window": "2m",
             "step": "5s",
+            # Ratings are live, not replayed: a window waits 15 s for stragglers, not the
+            # replay's 2 minutes, so the regression is caught (and rolled back) that much sooner.
+            "allowed_lateness": "15s",
             "clear_after": "5m",
             "filters": {"event_type": "feedback", "app": CHAT_APP},
             "group_by": ["app", "environment", "attributes.model_version"],
@@ -692,8 +695,8 @@ def _quality_regression(
     next_request = time.monotonic()
     try:
         while time.monotonic() < deadline and not switched:
-            # Users ask every REQUEST_SPACING_S: the catch is bound by the rules' allowed
-            # lateness (event time), so faster asking only burns CPU on answers nobody needs.
+            # Users ask every REQUEST_SPACING_S: the catch is bound by the rule's window and
+            # allowed lateness (event time), so faster asking only burns CPU on answers.
             if stop.wait(max(0.0, next_request - time.monotonic())) or switched:
                 break
             next_request = time.monotonic() + REQUEST_SPACING_S

@@ -448,6 +448,41 @@ def test_late_events_within_the_lateness_count_and_older_ones_do_not() -> None:
     assert policy.watermark() == at(940)
 
 
+def test_a_rule_with_its_own_lateness_evaluates_its_windows_sooner() -> None:
+    # Live ratings need not wait for the lateness that replayed traffic needs: the rule with
+    # 10 s of its own fires once the window [0, 60) is 10 s old; the other waits 2 minutes.
+    clock = ManualClock()
+    spend = {"kind": "budget", "threshold": 10, "window": "1m", "group_by": ["app"]}
+    rules = [{**spend, "name": "quick", "allowed_lateness": "10s"}, {**spend, "name": "slow"}]
+    policy = engine(rules, clock, allowed_lateness="2m")
+    alerts = feed(policy, clock, [scored(10, app="a", cost_usd=11.0), scored(70, app="z")])
+    assert [(a["rule"], a["status"]) for a in alerts] == [("quick", "firing")]
+    assert policy.watermark() == at(-50)  # the engine's: the longest lateness
+    alerts = feed(policy, clock, [scored(180, app="z")])
+    assert ("slow", "firing") in [(a["rule"], a["status"]) for a in alerts]
+
+
+def test_an_event_late_for_one_rule_still_counts_for_the_others() -> None:
+    clock = ManualClock()
+    spend = {"kind": "budget", "threshold": 10, "window": "1m", "group_by": ["app"]}
+    rules = [{**spend, "name": "quick", "allowed_lateness": "10s"}, {**spend, "name": "slow"}]
+    policy = engine(rules, clock, allowed_lateness="2m")
+    feed(policy, clock, [scored(100, app="z")])
+    # 85 s: 15 s late, past quick's 10 s, within the engine's 2 minutes
+    alerts = feed(policy, clock, [scored(85, app="a", cost_usd=11.0)])
+    alerts += policy.tick(at(1000))
+    assert {a["rule"] for a in alerts if a["app"] == "a"} == {"slow"}
+    assert policy.metrics["late_for_rule"] == 1 and policy.metrics["late_events"] == 0
+
+
+def test_a_rule_lateness_of_zero_is_its_own_not_the_files() -> None:
+    clock = ManualClock()
+    rule = {"name": "now", "kind": "budget", "threshold": 10, "window": "1m", "group_by": ["app"]}
+    policy = engine([{**rule, "allowed_lateness": 0}], clock, allowed_lateness="2m")
+    alerts = feed(policy, clock, [scored(10, app="a", cost_usd=11.0), scored(60, app="z")])
+    assert [a["status"] for a in alerts] == ["firing"]
+
+
 @pytest.mark.parametrize(("newest", "counted"), [(100, False), (80, True)])
 def test_a_late_event_joins_its_window_only_while_it_is_open(newest: int, counted: bool) -> None:
     clock = ManualClock()

@@ -174,6 +174,14 @@ def test_errors_name_the_rule_and_field(change: dict[str, Any], message: str) ->
             {"rules": [{"name": "e", "kind": "event", "value": "latency_ms"}]},
             "rule 'e' (rules[0]): threshold: Field required",
         ),
+        (  # drift events are never dropped as late: no lateness to set
+            {"rules": [{"name": "d", "kind": "drift", "allowed_lateness": "5s"}]},
+            "rule 'd' (rules[0]): allowed_lateness: unknown field",
+        ),
+        (
+            {"rules": [{**RATE, "allowed_lateness": "-5s"}]},
+            "rule 'tox' (rules[0]): allowed_lateness:",
+        ),
     ],
 )
 def test_file_level_errors(data: Any, message: str) -> None:
@@ -217,3 +225,18 @@ def test_unreadable_files(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("rules:\n  - {name: spend, kind: budget, threshold: 5}\n")
     assert load_rules(good).rules[0].name == "spend"
+
+
+def test_scored_rules_may_set_their_own_lateness() -> None:
+    rules = parse_rules(
+        {
+            "allowed_lateness": "2m",
+            "rules": [
+                {**RATE, "allowed_lateness": "10s"},
+                {"name": "inj", "kind": "event", "value": "scores.injection", "threshold": 0.8},
+            ],
+        }
+    )
+    assert rules.rule("tox").allowed_lateness == timedelta(seconds=10)
+    assert rules.rule("inj").allowed_lateness is None  # the file's
+    assert rules.allowed_lateness == timedelta(minutes=2)
