@@ -157,7 +157,12 @@ async def fetch_again(app: Any, tp: Any) -> bool:
     nothing, most likely so. Outside a rebalance and a recovery, an assigned partition that
     owes records is fetched; the buffer's bound is a soft one (Faust still accepts whatever
     was fetched)."""
+    from faust.types import TP
+
     consumer = app.consumer
+    # Faust's TP: records carry aiokafka's TopicPartition, equal to it as a tuple, but Faust
+    # asserts its own type in the active set (and resume_partitions adds what it is given).
+    tp = TP(tp.topic, tp.partition)
     if app.rebalancing or app.in_recovery or tp not in consumer.assignment():
         return False
     active = consumer._get_active_partitions()

@@ -385,3 +385,32 @@ def test_the_stall_timer_fetches_again_a_partition_faust_left_out() -> None:
     now[0] += Positions.STALL_AFTER_S
     run(timers[0]())
     assert consumer.seeks == [(p0, 100)] and p0 in consumer._active_partitions
+
+
+def test_fetch_again_puts_back_faust_s_own_tp_when_given_aiokafka_s() -> None:
+    # Records carry aiokafka's TopicPartition (so do the rereads taken from them); Faust's
+    # active set must hold its own TP: an aiokafka one made Faust's fetcher assert and the
+    # worker crash (chaos seed 27).
+    import faust
+    from aiokafka.structs import TopicPartition
+    from faust.types import TP as FaustTP
+
+    app = faust.App("undertow-fetch-again", broker="kafka://127.0.0.1:1", web_enabled=False)
+    consumer = app.consumer
+    a, b = FaustTP(EVENTS, 0), FaustTP(EVENTS, 1)
+    consumer.assignment = lambda: {a, b}  # type: ignore[method-assign]
+    consumer._set_active_tps({b})
+    consumer._buffered_partitions.add(a)
+
+    async def position(tp: Any) -> int:
+        return 0
+
+    consumer.position = position  # type: ignore[method-assign]
+    try:
+        assert run(fetch_again(app, TopicPartition(EVENTS, 0))) is True
+        active = consumer._get_active_partitions()  # Faust asserts its TP type here
+        assert active == {a, b} and all(type(tp) is FaustTP for tp in active)
+        assert not consumer._buffered_partitions
+    finally:
+        if app._consumer is not None:
+            app._consumer._thread.thread_loop.close()
