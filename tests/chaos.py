@@ -455,8 +455,7 @@ def check(
     if (int(traces[0]), int(traces[1])) != (config.traces, total):
         failures.append(f"traces {traces[0]} with {traces[1]} spans; expected {config.traces}")
 
-    # Drift: the monitor fed the repartitioned records, each origin once, in log order (an
-    # event forwarded after a later one of its origin partition counts where it comes).
+    # Drift: the monitor fed the repartitioned records, each origin once, in log order.
     from undertow.streams.drift import DriftMonitor, MonitorConfig
     from undertow.streams.records import origin
 
@@ -464,7 +463,10 @@ def check(
     codec = AvroCodec()
     baselines = BaselineStore(warehouse).snapshot()[1]
 
-    def expected_drift() -> list[dict[str, Any]]:
+    def repartitioned() -> tuple[list[Any], list[dict[str, Any]]]:
+        """The repartition topic as it is now, and its records each origin once, in log
+        order (an event forwarded after a later one of its origin partition counts where it
+        comes)."""
         end = _retry("end offsets", lambda: end_offsets(bootstrap, repartition))
         forwarded = _retry("reading", lambda: read_range(bootstrap, repartition, {}, end))
         seen: set[tuple[bytes | None, str, int]] = set()
@@ -476,10 +478,23 @@ def check(
             if ident not in seen:
                 seen.add(ident)
                 fresh.append(codec.decode(rec.value, "scored_event").record)
+        return forwarded, fresh
+
+    seen_last: list[tuple[list[Any], list[dict[str, Any]]]] = [([], [])]
+
+    def all_forwarded() -> bool:
+        seen_last[0] = repartitioned()
+        return len(seen_last[0][1]) >= total
+
+    # The drift role forwards at its own pace (it may still be catching up on the broker's
+    # outage when the warehouse has every row): wait for it, with the run's deadline.
+    waited(f"{total} records repartitioned", all_forwarded)
+
+    def expected_drift() -> list[dict[str, Any]]:
+        forwarded, fresh = seen_last[0]
         report.reordered, late = overtaken(forwarded, by_key=True)
-        scored_events = sum(1 for _ in fresh)
-        if scored_events != total:
-            failures.append(f"{scored_events} distinct records repartitioned, expected {total}")
+        if len(fresh) != total:
+            failures.append(f"{len(fresh)} distinct records repartitioned, expected {total}")
             failures.append(f"repartition topic: {report.reordered} late: {late}")
             end = _retry("end offsets", lambda: end_offsets(bootstrap, topics["scored"]))
             scored = _retry("reading", lambda: read_range(bootstrap, topics["scored"], {}, end))
