@@ -54,6 +54,10 @@ DEMO_RULES: dict[str, Any] = {
             "description": "A prompt scored as a likely prompt-injection attempt.",
             "value": "scores.injection",
             "threshold": 0.95,
+            # An attack counts however late it comes (an event rule fires on the event, so
+            # its lateness delays nothing): replayed traffic reaches the policy with its 18
+            # minutes of event time compressed, a partition lagging 20 s is 2 minutes late.
+            "allowed_lateness": "20m",
             "filters": {"event_type": "prompt"},
             "group_by": ["app", "environment"],
             "severity": "critical",
