@@ -5,10 +5,10 @@ A keyed stage reads records forwarded by a repartition stage, each with its *ori
 partition and offset of the event it came from). A record can come twice (forwarded again
 after a crash or a rebalance) and, around seeks and rebalances upstream, after a record
 that followed it in its origin partition. A high-water mark per origin partition tells the
-first case apart but takes the second for a repeat, and loses the record (the chaos run lost
-50 events of one segment so). So each key keeps, per origin partition, the exact offsets it
-folded in a window below the highest one, as ranges: a record is fresh unless its offset is
-in a range or at or below the *floor*, under which everything counts as folded.
+first case apart but takes the second for a repeat, and loses the record. So each key
+keeps, per origin partition, the exact offsets it folded in a window below the highest one,
+as ranges: a record is fresh unless its offset is in a range or at or below the *floor*,
+under which everything counts as folded.
 
 Invariant: :meth:`FoldedOffsets.fresh` is true for an offset never :meth:`added <add>` and
 above the floor, and false for every offset added. The floor rises to keep the window
