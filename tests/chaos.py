@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from undertow.infra import InfraError
 from undertow.infra.kafka import TopicSpec, ensure_topics
 from undertow.infra.process import wait_until
 from undertow.infra.stack import LocalStack, StackInfo
@@ -147,13 +148,21 @@ class Worker:
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until Faust says the worker joined its group and recovered its tables."""
-        wait_until(
-            lambda: True if "Worker ready" in self.log_path.read_text(errors="replace") else None,
-            timeout,
-            f"{self.name} ready",
-            interval=0.5,
-            alive=lambda: self.alive,
-        )
+
+        def ready() -> bool | None:
+            return True if "Worker ready" in self.log_path.read_text(errors="replace") else None
+
+        try:
+            wait_until(
+                ready,
+                timeout,
+                f"{self.name} ready",
+                interval=0.5,
+                alive=lambda: self.alive,
+            )
+        except InfraError as exc:
+            code = self.proc.poll()
+            raise InfraError(f"{exc} (exit {code}); its log ends:\n{self.log()}") from exc
 
     def stop(self, sig: int, timeout: float = 90) -> int:
         self.stopped_with = sig
