@@ -145,8 +145,8 @@ def ensure_topics(
 
     Existing topics are left exactly as they are (a partition count lower than declared is
     logged, not changed). ``replication_factor=-1`` takes the broker's default. Returns once
-    every created topic shows up in the cluster metadata with its partitions, so a producer
-    may use it straight away.
+    every topic that was missing shows up in the cluster metadata with its partitions led,
+    also one another client created meanwhile, so the caller may use it straight away.
     """
     admin = _admin(bootstrap)
     existing = _list_topics(admin, bootstrap, timeout)
@@ -192,15 +192,24 @@ def ensure_topics(
     if failures:
         raise InfraError(f"could not create topics on {bootstrap}: " + "; ".join(failures))
 
-    wanted = {spec.name: spec.partitions for spec in missing if spec.name in created}
+    # Ours must show every declared partition led; one another client created between our
+    # listing and our request (two workers of a role starting together) must show all of
+    # its partitions led, whatever it declared. Returning before that would send the caller
+    # on to a topic its next metadata request may not list yet.
+    ours = {spec.name: spec.partitions for spec in missing if spec.name in created}
+    theirs = [spec.name for spec in missing if spec.name not in created]
 
     def led() -> bool | None:
         # Listed is not enough: until every partition has a leader, reads and offset
         # lookups on a new topic fail with NOT_LEADER_FOR_PARTITION.
         now = _led_partitions(admin, bootstrap, timeout)
-        return True if all(now.get(n, 0) >= p for n, p in wanted.items()) else None
+        done = all(now.get(n, (0, 0))[1] >= p for n, p in ours.items()) and all(
+            0 < now.get(n, (0, 0))[1] == now[n][0] for n in theirs
+        )
+        return True if done else None
 
-    wait_until(led, timeout, f"leaders for created topics {sorted(wanted)} on {bootstrap}")
+    waited = sorted([*ours, *theirs])
+    wait_until(led, timeout, f"leaders for created topics {waited} on {bootstrap}")
     return created
 
 
@@ -224,8 +233,10 @@ def _list_topics(admin: AdminClient, bootstrap: str, timeout: float) -> dict[str
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
 
-def _led_partitions(admin: AdminClient, bootstrap: str, timeout: float) -> dict[str, int]:
-    """Topic name to the number of its partitions that have a leader and no error."""
+def _led_partitions(
+    admin: AdminClient, bootstrap: str, timeout: float
+) -> dict[str, tuple[int, int]]:
+    """Topic name to its partition count and how many of them have a leader and no error."""
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -233,7 +244,10 @@ def _led_partitions(admin: AdminClient, bootstrap: str, timeout: float) -> dict[
             f"could not list topics on {bootstrap} within {timeout:.0f} s: {exc}"
         ) from exc
     return {
-        name: sum(1 for p in topic.partitions.values() if p.leader >= 0 and p.error is None)
+        name: (
+            len(topic.partitions),
+            sum(1 for p in topic.partitions.values() if p.leader >= 0 and p.error is None),
+        )
         for name, topic in metadata.topics.items()
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stubs omit 
     ConfigResource,
 )
 
-from undertow.infra.kafka import KafkaBroker, TopicSpec, ensure_topics, load_topics
+from undertow.infra.kafka import (
+    KafkaBroker,
+    TopicSpec,
+    ensure_topics,
+    load_topics,
+    topic_partitions,
+)
 from undertow.infra.process import pid_alive
 from undertow.settings import StackSettings
 
@@ -107,6 +114,48 @@ def test_topics_are_created_with_declared_partitions(
     assert {spec.name: partitions.get(spec.name) for spec in specs} == {
         spec.name: spec.partitions for spec in specs
     }
+
+
+def declare_at_once(
+    bootstrap: str, specs: list[TopicSpec], creators: int
+) -> tuple[list[list[str]], list[dict[str, int]]]:
+    """``creators`` threads call ``ensure_topics(specs)`` together, then list the topics at
+    once, as a worker does: what each created, and what each listing showed."""
+    start = threading.Barrier(creators)
+    created: list[list[str]] = []
+    seen: list[dict[str, int]] = []
+    errors: list[BaseException] = []
+
+    def declare() -> None:
+        try:
+            start.wait(timeout=30)
+            created.append(ensure_topics(bootstrap, specs))
+            seen.append(topic_partitions(bootstrap))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=declare) for _ in range(creators)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and len(seen) == creators, errors
+    return created, seen
+
+
+def test_workers_declaring_the_same_topics_at_once_each_return_with_them_listed(
+    broker: KafkaBroker,
+) -> None:
+    """Two workers of a role start together and declare the same topics: each must come back
+    with the topics in the cluster's metadata, or its next lookup fails (CI stop 22)."""
+    bootstrap = broker.start().bootstrap
+    for _round in range(5):
+        run = uuid.uuid4().hex[:8]
+        specs = [TopicSpec(f"race-{run}-{i}", 3, {}) for i in range(3)]
+        created, seen = declare_at_once(bootstrap, specs, creators=4)
+        assert sorted(name for names in created for name in names) == [s.name for s in specs]
+        for counts in seen:
+            assert {s.name: counts.get(s.name) for s in specs} == {s.name: 3 for s in specs}
 
 
 def test_registry_topic_is_compacted(broker: KafkaBroker, created: list[str]) -> None:
