@@ -117,6 +117,10 @@ class WorkerSettings(BaseSettings):
     # drift: baselines come from the warehouse's baselines table (undertow baseline build),
     # polled for changes; the monitor keeps `drift_window` recent events per stream.
     baseline_poll_s: float = Field(default=10.0, gt=0)
+    # A starting drift worker needs its baselines before it reads a record (events read
+    # without them would pass undetected): it waits this long for the warehouse to answer,
+    # then stops with the warehouse's error.
+    baseline_wait_s: float = Field(default=300.0, gt=0)
     drift_window: int = Field(default=500, ge=20, le=10_000)
 
     # policy: the rules (default: streams/rules.yaml) and how often quiet streams move on.

@@ -16,7 +16,8 @@ makes the decisions it would have made without the stop; drift events it emits t
 the same ids.
 
 Baselines come from a :class:`~undertow.services.warehouse.baselines.BaselineStore` (``undertow
-baseline build``); :meth:`DriftProcessor.use_baselines` swaps them in while running. A
+baseline build``), read before the first record (a starting worker waits for the warehouse,
+:func:`first_snapshot`); :meth:`DriftProcessor.use_baselines` swaps them in while running. A
 segment whose baseline version changed starts afresh; events of segments without a baseline
 are counted and otherwise ignored.
 """
@@ -25,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from undertow.backoff import Backoff
 from undertow.schemas.codec import AvroCodec, DecodeError
+from undertow.services.warehouse import WarehouseError
 from undertow.services.warehouse.rows import DRIFT_COLUMNS, DRIFT_TRACE_DETECTOR, drift_row
 from undertow.streams.drift import Baseline, DriftError, DriftMonitor, MonitorConfig
 from undertow.streams.drift.segment import segment_key, segment_of
@@ -266,13 +270,48 @@ def warehouse_baselines(settings: WorkerSettings) -> BaselineSource:
     return BaselineStore(client)
 
 
+def first_snapshot(
+    open_source: Callable[[], BaselineSource],
+    backoff: Backoff,
+    patience_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[BaselineSource, str, Mapping[str, Baseline]]:
+    """The source ``open_source`` gives and its first snapshot, tried again with ``backoff``
+    while the warehouse does not answer (:class:`WarehouseError`) for up to ``patience_s``;
+    then that error is raised. Other errors (a baseline active but gone) are raised at once.
+
+    A drift worker restarted while the warehouse is away so waits for it instead of stopping,
+    and never reads records before it has the baselines to judge them by.
+    """
+    deadline = clock() + patience_s
+    delays = backoff.delays()
+    source: BaselineSource | None = None
+    while True:
+        try:
+            if source is None:
+                source = open_source()
+            revision, baselines = source.snapshot()
+            return source, revision, baselines
+        except WarehouseError as exc:
+            wait = next(delays)
+            if clock() + wait > deadline:
+                raise
+            logger.warning("drift: no baselines yet, the warehouse did not answer: %s", exc)
+            sleep(wait)
+
+
 def add(runtime: Runtime, partitions: int, baselines: BaselineSource | None = None) -> None:
     """Wire the drift role: rekey scored events by segment, run :class:`DriftProcessor` on
     the repartition topic (``partitions``) with checkpointed state, store and publish drift
     events, and poll the baselines for changes."""
     settings = runtime.settings
-    source = baselines if baselines is not None else warehouse_baselines(settings)
-    revision, initial = source.snapshot()
+    source, revision, initial = first_snapshot(
+        (lambda: baselines) if baselines is not None else lambda: warehouse_baselines(settings),
+        Backoff(settings.retry_backoff_min_s, settings.retry_backoff_max_s),
+        settings.baseline_wait_s,
+    )
     config = MonitorConfig(window=settings.drift_window)
     stage = runtime.keyed("drift", partitions, "drift monitor state by segment")
     codec = AvroCodec()
@@ -328,6 +367,7 @@ __all__ = [
     "DriftOutput",
     "DriftProcessor",
     "add",
+    "first_snapshot",
     "segment_record_key",
     "warehouse_baselines",
 ]

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from undertow.backoff import Backoff
 from undertow.schemas.codec import AvroCodec
+from undertow.services.warehouse import WarehouseError
+from undertow.services.warehouse.baselines import BaselineNotFoundError
 from undertow.services.warehouse.rows import DRIFT_COLUMNS, drift_row
 from undertow.streams.drift import DriftMonitor, MonitorConfig
 from undertow.streams.drift.baseline import Baseline, content_version
@@ -26,6 +29,7 @@ from undertow.streams.roles.drift import (
     TRACE_EVERY,
     DriftOutput,
     DriftProcessor,
+    first_snapshot,
     segment_record_key,
 )
 from undertow.streams.state.checkpoint import KeyedStates, decode_checkpoint, encode_checkpoint
@@ -530,3 +534,61 @@ def test_each_stream_is_traced_every_trace_every_events_into_the_table_only(
     ids = [r["event_id"] for b in chunks(stream, 100) for r in again.process(b, 1).trace]
     assert ids == [r["event_id"] for r in traces]
     assert len(set(ids)) == len(ids)
+
+
+class FlakySource:
+    """A baseline source whose warehouse answers after ``failures`` tries."""
+
+    def __init__(self, failures: int, baselines: dict[str, Baseline]) -> None:
+        self.failures, self.baselines, self.tries = failures, baselines, 0
+
+    def revision(self) -> str:
+        return "r1"
+
+    def snapshot(self) -> tuple[str, dict[str, Baseline]]:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise WarehouseError("connection refused")
+        return "r1", self.baselines
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_a_starting_drift_worker_waits_for_the_warehouse_to_give_its_baselines() -> None:
+    baseline = synthetic_baseline(USUAL, rows=100, calibrate=False)
+    source, clock = FlakySource(3, {"model=m": baseline}), FakeClock()
+    got, revision, baselines = first_snapshot(
+        lambda: source, Backoff(1, 4, jitter=0), 60, sleep=clock.sleep, clock=lambda: clock.now
+    )
+    assert got is source and revision == "r1" and baselines == {"model=m": baseline}
+    assert source.tries == 4 and clock.waits == [1, 2, 4]
+
+
+def test_a_drift_worker_stops_with_the_warehouse_error_after_its_patience() -> None:
+    source, clock = FlakySource(1_000, {}), FakeClock()
+    with pytest.raises(WarehouseError, match="connection refused"):
+        first_snapshot(
+            lambda: source, Backoff(1, 4, jitter=0), 20, sleep=clock.sleep, clock=lambda: clock.now
+        )
+    assert (
+        clock.now <= 20 and sum(clock.waits) == clock.now and source.tries == len(clock.waits) + 1
+    )
+
+
+def test_a_baseline_error_that_is_not_the_warehouse_being_away_stops_at_once() -> None:
+    class Gone(FlakySource):
+        def snapshot(self) -> tuple[str, dict[str, Baseline]]:
+            raise BaselineNotFoundError("baseline 'x' version 3 was active but is gone")
+
+    clock = FakeClock()
+    with pytest.raises(BaselineNotFoundError):
+        first_snapshot(lambda: Gone(0, {}), Backoff(1, 4), 60, sleep=clock.sleep)
+    assert clock.waits == []
