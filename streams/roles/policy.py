@@ -74,6 +74,10 @@ class PolicyOutput:
     dead_letters: list[dict[str, object]] = field(default_factory=list)
     events: int = 0
     replayed: int = 0
+    # Events older than the engine's watermark (every rule's allowed lateness): left out.
+    late: int = 0
+    # Rule evaluations left out because the event was too late for that rule only.
+    late_for_rule: int = 0
 
 
 class PolicyProcessor:
@@ -118,6 +122,7 @@ class PolicyProcessor:
                     )
                 if app_record_key(decoded.record) != key:
                     raise DecodeError(f"app key {key!r} does not match the record's app")
+                late, late_for_rule = (engine.metrics[m] for m in ("late_events", "late_for_rule"))
                 if decoded.type_name == "scored_event":
                     alerts = engine.observe_scored(decoded.record)
                 else:
@@ -125,6 +130,8 @@ class PolicyProcessor:
             except (DecodeError, PolicyError) as exc:
                 out.dead_letters.append(letter(rec, str(exc), type(exc).__name__, PROCESSOR))
                 continue
+            out.late += engine.metrics["late_events"] - late
+            out.late_for_rule += engine.metrics["late_for_rule"] - late_for_rule
             self.states.folded(key, origin, origin_offset)
             out.alerts.extend(alerts)
             out.events += 1
@@ -193,6 +200,13 @@ def add(runtime: Runtime, partitions: int) -> None:
     )
 
     async def emit(output: PolicyOutput) -> None:
+        if output.late or output.late_for_rule:
+            logger.warning(
+                "policy: %d events came later than every rule's allowed lateness and were left "
+                "out; %d rule evaluations were left out as too late for that rule",
+                output.late,
+                output.late_for_rule,
+            )
         alerts = output.alerts
         if alerts:
             rows = [alert_row(a) for a in alerts]

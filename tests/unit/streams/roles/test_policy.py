@@ -378,3 +378,15 @@ def test_records_it_cannot_use_become_dead_letters_and_the_rest_flow_on() -> Non
     assert " and ".join(INPUT_TYPES) in str(letters[1]["reason"])
     counts = {i["rule"]: i["count"] for i in p.engines[APP].incidents()}
     assert counts == {"prompt_injection": 1, "drift_detected": 1}  # billing's not counted
+
+
+def test_events_too_late_for_every_rule_or_for_one_are_counted_in_the_output() -> None:
+    spend = {"kind": "budget", "threshold": 10, "window": "1m", "group_by": ["app"]}
+    quick = {**spend, "name": "quick", "allowed_lateness": "10s"}
+    rules = parse_rules({"allowed_lateness": "2m", "rules": [quick, {**spend, "name": "slow"}]})
+    p = processor(rules=rules)
+    first = p.process([source(0, scored(100))], 1)
+    assert (first.events, first.late, first.late_for_rule) == (1, 0, 0)
+    # 15 s late: past quick's 10 s, within the file's 2 minutes; then 200 s late: past both
+    out = p.process([source(1, scored(85, cost_usd=11.0)), source(2, scored(-100))], 1)
+    assert (out.events, out.late, out.late_for_rule) == (2, 1, 1)
