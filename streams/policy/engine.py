@@ -9,7 +9,12 @@ table, and the alerts are a deterministic function of the input and that state.
 
 Time, per input stream (scored and drift each have a clock):
 
-* The stream's *event-time now* is the latest event time seen. Scored events older than
+* The stream's *event-time now* is the latest event time of its slowest origin: the events
+  of one app come from every partition of the topic they were first read from, forwarded
+  through the repartition topic by several workers at their own pace, and each origin's
+  events are in order. An origin that lags (its worker restarts, its partition is behind in
+  a backlog) holds event time back, until it has been quiet for ``idle_after`` (processing
+  time). An engine fed without origins sees one. Scored events older than
   ``now - allowed_lateness`` (the watermark) are ignored and counted in
   ``metrics["late_events"]``; later ones count even when out of order. A rule with an
   ``allowed_lateness`` of its own has a watermark of its own: events older than it are left
@@ -113,23 +118,51 @@ class PolicyStateError(PolicyError):
 
 @dataclass
 class _Clock:
-    """Event time of one input stream; all in microseconds since the epoch."""
+    """Event time of one input stream, merged over its *origins* (the partitions its events
+    were first read from, before the repartition); all in microseconds since the epoch.
 
-    latest: int | None = None  # latest event time seen
-    arrival: int | None = None  # processing-clock time of the latest arrival
-    now: int | None = None  # event-time now: ``latest``, or more while the stream is idle
+    ``now`` never goes back. It is the latest event time of the slowest origin heard from
+    within ``idle_after`` (processing time): an origin that lags, because its worker restarts
+    or its partition is behind in a backlog, holds event time back instead of having its
+    events dropped as late. An origin quiet for ``idle_after`` no longer holds it.
+    """
 
-    def observe(self, event_time: int, arrival: int) -> None:
+    latest: int | None = None  # latest event time seen, any origin
+    arrival: int | None = None  # processing-clock time of the latest arrival, any origin
+    now: int | None = None  # event-time now (see the class doc), or more while idle
+    # origin: [its latest event time, the processing-clock time of its latest arrival]
+    origins: dict[str, list[int]] = field(default_factory=dict)
+
+    def observe(self, event_time: int, arrival: int, origin: str, idle_after: int) -> None:
         self.latest = event_time if self.latest is None else max(self.latest, event_time)
         self.arrival = arrival
-        self.now = event_time if self.now is None else max(self.now, event_time)
+        seen = self.origins.get(origin)
+        if seen is None:
+            self.origins[origin] = [event_time, arrival]
+        else:
+            seen[0], seen[1] = max(seen[0], event_time), arrival
+        # this origin counts even when idle_after is 0
+        active = [t for t, a in self.origins.values() if arrival - a < idle_after or a == arrival]
+        slowest = min(active)
+        self.now = slowest if self.now is None else max(self.now, slowest)
 
     def idle(self, wall: int, idle_after: int) -> None:
         if self.latest is None or self.arrival is None or self.now is None:
             return
+        active = [t for t, a in self.origins.values() if wall - a < idle_after]
+        if active:  # the quiet origins no longer hold event time back
+            self.now = max(self.now, min(active))
         quiet = wall - self.arrival
         if quiet >= idle_after:
             self.now = max(self.now, self.latest + quiet)
+
+    def restarted(self, wall: int) -> None:
+        """A worker took over at ``wall``: the idle timers of the stream and of each origin
+        restart (it reads its backlog before it takes anything for quiet)."""
+        if self.arrival is not None:
+            self.arrival = max(self.arrival, wall)
+        for seen in self.origins.values():
+            seen[1] = max(seen[1], wall)
 
 
 @dataclass
@@ -227,6 +260,7 @@ class PolicyEngine:
             ruleset.allowed_lateness if allowed_lateness is None else allowed_lateness
         )
         self.idle_after = ruleset.idle_after if idle_after is None else idle_after
+        self._idle = to_micros(self.idle_after)
         self.max_groups = max_groups
         self._clock = clock or (lambda: datetime.now(UTC))
         self._by_name = {rule.name: rule for rule in self.rules}
@@ -259,16 +293,17 @@ class PolicyEngine:
 
     # -- input ------------------------------------------------------------------------------
 
-    def observe_scored(self, event: Mapping[str, Any]) -> list[Alert]:
-        """Count one scored event (``schemas/avro/scored_event.v1.avsc`` as a dict); the
-        alerts it fired and the windows its time closed."""
+    def observe_scored(self, event: Mapping[str, Any], origin: str = "") -> list[Alert]:
+        """Count one scored event (``schemas/avro/scored_event.v1.avsc`` as a dict) read
+        from ``origin`` (the partition it came from; see the module doc on time); the alerts
+        it fired and the windows its time closed."""
         t = _event_time(event)
         self.metrics["scored_events"] += 1
         watermark = self._watermark()
         if watermark is not None and t < watermark:
             self.metrics["late_events"] += 1
             return []
-        self._clocks["scored"].observe(t, to_micros(self._clock()))
+        self._clocks["scored"].observe(t, to_micros(self._clock()), origin, self._idle)
         event_id = str(event.get("event_id", ""))
         out: list[Alert] = []
         for rule in self._scored:
@@ -296,12 +331,12 @@ class PolicyEngine:
         out += self._advance()
         return _ordered(out)
 
-    def observe_drift(self, event: Mapping[str, Any]) -> list[Alert]:
-        """Take one drift event (``schemas/avro/drift_event.v1.avsc`` as a dict); the alerts
-        it fired or resolved."""
+    def observe_drift(self, event: Mapping[str, Any], origin: str = "") -> list[Alert]:
+        """Take one drift event (``schemas/avro/drift_event.v1.avsc`` as a dict) read from
+        ``origin``; the alerts it fired or resolved."""
         t = _event_time(event)
         self.metrics["drift_events"] += 1
-        self._clocks["drift"].observe(t, to_micros(self._clock()))
+        self._clocks["drift"].observe(t, to_micros(self._clock()), origin, self._idle)
         statistic = _number(event.get("statistic"))
         out: list[Alert] = []
         for rule in self._drift:
@@ -339,9 +374,8 @@ class PolicyEngine:
         windows that closed and the incidents that resolved. ``now``: the processing clock,
         by default ``clock()``."""
         wall = to_micros(now if now is not None else self._clock())
-        idle_after = to_micros(self.idle_after)
         for clock in self._clocks.values():
-            clock.idle(wall, idle_after)
+            clock.idle(wall, self._idle)
         return _ordered(self._advance())
 
     # -- introspection ----------------------------------------------------------------------
@@ -423,8 +457,7 @@ class PolicyEngine:
             raise PolicyStateError(f"policy state is incomplete or malformed: {exc!r}") from exc
         wall = to_micros(self._clock())
         for clock in clocks.values():
-            if clock.arrival is not None:
-                clock.arrival = max(clock.arrival, wall)
+            clock.restarted(wall)
         self._clocks, self.metrics, self._states = clocks, metrics, states
 
     def _keep_incidents(

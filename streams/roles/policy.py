@@ -124,9 +124,9 @@ class PolicyProcessor:
                     raise DecodeError(f"app key {key!r} does not match the record's app")
                 late, late_for_rule = (engine.metrics[m] for m in ("late_events", "late_for_rule"))
                 if decoded.type_name == "scored_event":
-                    alerts = engine.observe_scored(decoded.record)
+                    alerts = engine.observe_scored(decoded.record, origin)
                 else:
-                    alerts = engine.observe_drift(decoded.record)
+                    alerts = engine.observe_drift(decoded.record, origin)
             except (DecodeError, PolicyError) as exc:
                 out.dead_letters.append(letter(rec, str(exc), type(exc).__name__, PROCESSOR))
                 continue

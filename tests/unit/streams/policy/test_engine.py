@@ -430,6 +430,81 @@ def test_drift_rule_on_a_statistic_without_detection() -> None:
 # -- time -----------------------------------------------------------------------------------
 
 
+def observe_from(
+    policy: PolicyEngine, clock: ManualClock, arrivals: list[tuple[float, str, float]]
+) -> list[Any]:
+    """Injection prompts (event time, origin, processing time in seconds after T0)."""
+    alerts: list[Any] = []
+    for when, origin, wall in arrivals:
+        clock.now = at(wall)
+        alerts += policy.observe_scored(scored(when, "prompt", scores={"injection": 0.9}), origin)
+    return alerts
+
+
+def test_an_origin_that_lags_holds_event_time_back_and_loses_no_event() -> None:
+    clock = ManualClock()
+    policy = engine([{**INJECTION, "name": "inj"}], clock, allowed_lateness="1m")
+    # both partitions in step; then partition 1's worker restarts (40 s without a record),
+    # partition 0 runs 5 minutes of event time ahead, and partition 1 catches up
+    arrivals = [(0.0, "scored:0", 0.0), (0.0, "scored:1", 0.0)]
+    arrivals += [(10.0 * i, "scored:0", i) for i in range(1, 31)]
+    observe_from(policy, clock, arrivals)
+    assert policy.watermark() == at(0 - 60)  # the slowest origin's latest, less the lateness
+    observe_from(policy, clock, [(10.0 * i, "scored:1", 39 + i) for i in range(1, 31)])
+    assert policy.metrics["late_events"] == 0
+    assert policy.watermark() == at(300 - 60)
+
+
+def test_an_origin_quiet_for_idle_after_no_longer_holds_event_time_back() -> None:
+    clock = ManualClock()
+    policy = engine([{**INJECTION, "name": "inj"}], clock, allowed_lateness="1m", idle_after="1m")
+    observe_from(policy, clock, [(0, "scored:1", 0), (10, "scored:0", 0)])
+    assert policy.watermark() == at(0 - 60)
+    observe_from(policy, clock, [(100, "scored:0", 59)])
+    assert policy.watermark() == at(0 - 60)  # scored:1 quiet for 59 s: still waited for
+    observe_from(policy, clock, [(101, "scored:0", 61)])
+    assert policy.watermark() == at(101 - 60)  # quiet for 61 s: no longer
+    assert observe_from(policy, clock, [(30, "scored:1", 62)]) == []  # now late
+    assert policy.metrics["late_events"] == 1
+
+
+def test_the_tick_lets_event_time_pass_an_origin_gone_quiet() -> None:
+    clock = ManualClock()
+    policy = engine([{**INJECTION, "name": "inj"}], clock, allowed_lateness="1m", idle_after="1m")
+    observe_from(policy, clock, [(0, "scored:1", 0), (100, "scored:0", 30)])
+    assert policy.watermark() == at(-60)
+    policy.tick(at(70))  # scored:1 quiet for 70 s, scored:0 for 40 s
+    assert policy.watermark() == at(100 - 60)
+
+
+def test_origins_and_their_lag_survive_a_checkpoint() -> None:
+    clock = ManualClock()
+    rules = [{**INJECTION, "name": "inj"}]
+    policy = engine(rules, clock, allowed_lateness="1m")
+    observe_from(policy, clock, [(0, "scored:1", 0), (300, "scored:0", 1)])
+    clock.now = at(500)  # the worker that takes over starts long after: every idle timer restarts
+    ruleset = parse_rules({"rules": rules, "allowed_lateness": "1m"})
+    restored = PolicyEngine.from_state(ruleset, policy.state(), clock)
+    assert restored.watermark() == policy.watermark() == at(-60)
+    observe_from(restored, clock, [(10, "scored:1", 501)])
+    assert restored.metrics["late_events"] == 0  # scored:1 is still waited for
+    assert restored.watermark() == at(10 - 60)
+
+
+def test_a_state_saved_before_origins_were_kept_restores_as_one_origin() -> None:
+    clock = ManualClock()
+    rules = [{**INJECTION, "name": "inj"}]
+    policy = engine(rules, clock, allowed_lateness="1m")
+    observe_from(policy, clock, [(100, "", 0)])
+    state = policy.state()
+    for saved in state["clocks"].values():
+        del saved["origins"]
+    restored = PolicyEngine.from_state(parse_rules({"rules": rules}), state, clock)
+    assert restored.watermark() == policy.watermark() == at(100 - 60)
+    assert observe_from(restored, clock, [(30, "scored:0", 1)]) == []  # late, as before
+    assert restored.metrics["late_events"] == 1
+
+
 def test_late_events_within_the_lateness_count_and_older_ones_do_not() -> None:
     rules = [{**INJECTION, "name": "inj"}]
     clock = ManualClock()

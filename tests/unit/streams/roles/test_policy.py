@@ -390,3 +390,13 @@ def test_events_too_late_for_every_rule_or_for_one_are_counted_in_the_output() -
     # 15 s late: past quick's 10 s, within the file's 2 minutes; then 200 s late: past both
     out = p.process([source(1, scored(85, cost_usd=11.0)), source(2, scored(-100))], 1)
     assert (out.events, out.late, out.late_for_rule) == (2, 1, 1)
+
+
+def test_events_forwarded_late_by_a_lagging_worker_are_not_dropped_as_late() -> None:
+    """Scored partition 1's rekey worker falls 5 minutes of event time behind partition 0's:
+    its events come in after the others' and still count (the engine waits for its origin)."""
+    both = [source(i, injection(0), origin=("scored", i, 0)) for i in (0, 1)]
+    ahead = [source(2 + i, injection(10 * i), origin=("scored", 0, i)) for i in range(1, 31)]
+    behind = [source(32 + i, injection(10 * i), origin=("scored", 1, i)) for i in range(1, 31)]
+    out = processor().process(both + ahead + behind, generation=1)
+    assert (out.events, out.late, out.late_for_rule) == (62, 0, 0)
