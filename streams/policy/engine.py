@@ -14,7 +14,9 @@ Time, per input stream (scored and drift each have a clock):
   through the repartition topic by several workers at their own pace, and each origin's
   events are in order. An origin that lags (its worker restarts, its partition is behind in
   a backlog) holds event time back, until it has been quiet for ``idle_after`` (processing
-  time). An engine fed without origins sees one. Scored events older than
+  time). Origins announced with ``expect_origins`` hold it too, until heard from or for
+  ``idle_after`` (so a new engine does not let the first partition it hears from run
+  ahead of the others). An engine fed without origins sees one. Scored events older than
   ``now - allowed_lateness`` (the watermark) are ignored and counted in
   ``metrics["late_events"]``; later ones count even when out of order. A rule with an
   ``allowed_lateness`` of its own has a watermark of its own: events older than it are left
@@ -124,37 +126,36 @@ class _Clock:
     ``now`` never goes back. It is the latest event time of the slowest origin heard from
     within ``idle_after`` (processing time): an origin that lags, because its worker restarts
     or its partition is behind in a backlog, holds event time back instead of having its
-    events dropped as late. An origin quiet for ``idle_after`` no longer holds it.
+    events dropped as late. An origin quiet for ``idle_after`` no longer holds it. An origin
+    *expected* (:meth:`expect`) but not heard from yet holds ``now`` where it is (unset, for
+    a new stream) until it is heard from or ``idle_after`` has passed since it was expected.
     """
 
     latest: int | None = None  # latest event time seen, any origin
     arrival: int | None = None  # processing-clock time of the latest arrival, any origin
     now: int | None = None  # event-time now (see the class doc), or more while idle
-    # origin: [its latest event time, the processing-clock time of its latest arrival]
-    origins: dict[str, list[int]] = field(default_factory=dict)
+    # origin: [its latest event time (None: expected, not heard from), the processing-clock
+    # time of its latest arrival (or of when it was expected)]
+    origins: dict[str, list[int | None]] = field(default_factory=dict)
+
+    def expect(self, origins: Iterable[str], wall: int) -> None:
+        for origin in origins:
+            self.origins.setdefault(origin, [None, wall])
 
     def observe(self, event_time: int, arrival: int, origin: str, idle_after: int) -> None:
         self.latest = event_time if self.latest is None else max(self.latest, event_time)
         self.arrival = arrival
-        seen = self.origins.get(origin)
-        if seen is None:
-            self.origins[origin] = [event_time, arrival]
-        else:
-            seen[0], seen[1] = max(seen[0], event_time), arrival
-        # this origin counts even when idle_after is 0
-        active = [t for t, a in self.origins.values() if arrival - a < idle_after or a == arrival]
-        slowest = min(active)
-        self.now = slowest if self.now is None else max(self.now, slowest)
+        before = self.origins.get(origin, [None])[0]
+        self.origins[origin] = [event_time if before is None else max(before, event_time), arrival]
+        self._merge(arrival, idle_after)
 
     def idle(self, wall: int, idle_after: int) -> None:
-        if self.latest is None or self.arrival is None or self.now is None:
+        self._merge(wall, idle_after)
+        if self.latest is None or self.arrival is None:
             return
-        active = [t for t, a in self.origins.values() if wall - a < idle_after]
-        if active:  # the quiet origins no longer hold event time back
-            self.now = max(self.now, min(active))
         quiet = wall - self.arrival
         if quiet >= idle_after:
-            self.now = max(self.now, self.latest + quiet)
+            self.now = max(self.latest if self.now is None else self.now, self.latest + quiet)
 
     def restarted(self, wall: int) -> None:
         """A worker took over at ``wall``: the idle timers of the stream and of each origin
@@ -162,7 +163,18 @@ class _Clock:
         if self.arrival is not None:
             self.arrival = max(self.arrival, wall)
         for seen in self.origins.values():
-            seen[1] = max(seen[1], wall)
+            seen[1] = max(seen[1] or wall, wall)
+
+    def _merge(self, wall: int, idle_after: int) -> None:
+        """Move ``now`` on to the slowest origin still held for (see the class doc)."""
+        held = [t for t, a in self.origins.values() if a is not None and wall - a < idle_after]
+        if None in held:
+            return
+        times = [t for t in held if t is not None] or [
+            t for t, a in self.origins.values() if t is not None and a == self.arrival
+        ]
+        if times:
+            self.now = min(times) if self.now is None else max(self.now, min(times))
 
 
 @dataclass
@@ -292,6 +304,12 @@ class PolicyEngine:
         return engine
 
     # -- input ------------------------------------------------------------------------------
+
+    def expect_origins(self, origins: Iterable[str]) -> None:
+        """The origins scored events will come from (every partition of the topic they are
+        first read from): event time waits for each until it is heard from, or for
+        ``idle_after`` (see the module doc on time)."""
+        self._clocks["scored"].expect(origins, to_micros(self._clock()))
 
     def observe_scored(self, event: Mapping[str, Any], origin: str = "") -> list[Alert]:
         """Count one scored event (``schemas/avro/scored_event.v1.avsc`` as a dict) read

@@ -81,7 +81,11 @@ class PolicyOutput:
 
 
 class PolicyProcessor:
-    """One :class:`PolicyEngine` per app over repartitioned scored and drift events."""
+    """One :class:`PolicyEngine` per app over repartitioned scored and drift events.
+
+    ``origins``: the partitions scored events are first read from (``topic:partition``);
+    each engine's event time waits for all of them (:meth:`PolicyEngine.expect_origins`).
+    """
 
     def __init__(
         self,
@@ -89,12 +93,14 @@ class PolicyProcessor:
         states: KeyedStates,
         codec: AvroCodec | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        origins: Sequence[str] = (),
     ) -> None:
         check_partitioning(rules)
         self.rules = rules
         self.states = states
         self.codec = codec or AvroCodec()
         self.clock = clock
+        self.origins = tuple(origins)
         self.engines: dict[str, PolicyEngine] = {}
 
     def process(self, records: Sequence[SourceRecord], generation: int) -> PolicyOutput:
@@ -168,6 +174,7 @@ class PolicyProcessor:
                 logger.error("app %s: policy state not restorable, starting afresh: %s", key, exc)
                 engine = PolicyEngine(self.rules, self.clock)
                 self.states.touch(key)
+        engine.expect_origins(self.origins)
         self.engines[key] = engine
         return engine
 
@@ -190,7 +197,9 @@ def add(runtime: Runtime, partitions: int) -> None:
     rules = load_rules(settings.rules_file)
     stage = runtime.keyed("policy", partitions, "policy engine state by app")
     codec = AvroCodec()
-    processor = PolicyProcessor(rules, stage.states, codec)
+    # The repartition topic has as many partitions as the scored topic (ensure_worker_topics).
+    origins = [f"{settings.scored_topic}:{p}" for p in range(partitions)]
+    processor = PolicyProcessor(rules, stage.states, codec, origins=origins)
     sink = warehouse_sink(settings)
     rekey.add(
         runtime,

@@ -477,6 +477,28 @@ def test_the_tick_lets_event_time_pass_an_origin_gone_quiet() -> None:
     assert policy.watermark() == at(100 - 60)
 
 
+def test_a_new_engine_waits_for_every_expected_origin_before_event_time_moves() -> None:
+    clock = ManualClock()
+    policy = engine([{**INJECTION, "name": "inj"}], clock, allowed_lateness="1m")
+    policy.expect_origins(["scored:0", "scored:1"])
+    # partition 0's worker is quicker off the mark: 5 minutes of event time before partition 1
+    observe_from(policy, clock, [(10.0 * i, "scored:0", i) for i in range(31)])
+    assert policy.watermark() is None
+    observe_from(policy, clock, [(10.0 * i, "scored:1", 31 + i / 2) for i in range(31)])
+    assert policy.metrics["late_events"] == 0
+    assert policy.watermark() == at(300 - 60)
+
+
+def test_an_expected_origin_never_heard_from_holds_event_time_for_idle_after_only() -> None:
+    clock = ManualClock()
+    policy = engine([{**INJECTION, "name": "inj"}], clock, allowed_lateness="1m", idle_after="1m")
+    policy.expect_origins(["scored:0", "scored:1"])  # an app with no traffic on partition 1
+    observe_from(policy, clock, [(100, "scored:0", 59)])
+    assert policy.watermark() is None
+    observe_from(policy, clock, [(200, "scored:0", 61)])
+    assert policy.watermark() == at(200 - 60)
+
+
 def test_origins_and_their_lag_survive_a_checkpoint() -> None:
     clock = ManualClock()
     rules = [{**INJECTION, "name": "inj"}]

@@ -400,3 +400,15 @@ def test_events_forwarded_late_by_a_lagging_worker_are_not_dropped_as_late() -> 
     behind = [source(32 + i, injection(10 * i), origin=("scored", 1, i)) for i in range(1, 31)]
     out = processor().process(both + ahead + behind, generation=1)
     assert (out.events, out.late, out.late_for_rule) == (62, 0, 0)
+
+
+def test_a_new_app_waits_for_every_scored_partition_before_event_time_moves() -> None:
+    """Partition 0's rekey worker forwards 5 minutes of an app's events before partition 1's
+    forwards its first: a new engine waits for every origin it was told of."""
+    origins = ("scored:0", "scored:1")
+    states = KeyedStates({})
+    p = PolicyProcessor(RULES, states, CODEC, ManualClock(), origins=origins)
+    first = [source(i, injection(10 * i), origin=("scored", 0, i)) for i in range(31)]
+    then = [source(31 + i, injection(10 * i), origin=("scored", 1, i)) for i in range(31)]
+    out = p.process(first + then, generation=1)
+    assert (out.events, out.late) == (62, 0)
