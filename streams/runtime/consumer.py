@@ -19,6 +19,7 @@ The attributes replaced here (``ack``, ``perform_seek``) are checked at start by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -122,7 +123,20 @@ def watch_stalls(app: Any, timer: Timer, positions: Positions) -> None:
         quiet = [assigned[key] for key in positions.quiet() if key in assigned]
         ends: dict[tuple[str, int], int] = {}
         if quiet:
-            found = await app.consumer.highwaters(*quiet)
+            # Bounded: the timer's ticks run one after another, so a broker call that never
+            # answers would end the watch for good, silently.
+            try:
+                found = await asyncio.wait_for(
+                    app.consumer.highwaters(*quiet), Positions.STALL_AFTER_S
+                )
+            except TimeoutError:
+                logger.warning(
+                    "asking the broker for the end offsets of %d quiet partitions took more "
+                    "than %.0f s; asking again on a later tick",
+                    len(quiet),
+                    Positions.STALL_AFTER_S,
+                )
+                return
             ends = {(tp.topic, tp.partition): int(end) for tp, end in found.items()}
         stalled = positions.stalled(ends)
         if not stalled:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+import pytest
+
 from undertow.streams.runtime.consumer import (
     fetch_again,
     seek_back,
@@ -235,6 +237,43 @@ def test_the_stall_timer_seeks_back_assigned_stalled_partitions() -> None:
     now[0] += Positions.CONFIRM_S
     run(tick())
     assert consumer.seeks == [(p0, 151)]  # still behind, no progress: stalled
+
+
+def test_a_broker_that_never_answers_does_not_end_the_stall_watch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer's ticks run one after another: a tick stuck on the broker would be the
+    last one. It gives up after STALL_AFTER_S (short here) and the next tick asks again."""
+    p0 = TP(EVENTS, 0)
+    now = [0.0]
+    positions = Positions(clock=lambda: now[0])
+    positions.sought(EVENTS, 0, 100)
+    consumer = Consumer({p0}, {})
+    answered = consumer.highwaters
+    hang = [True]
+
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        if hang[0]:
+            await asyncio.Event().wait()  # no answer, ever
+        return await answered(*tps)
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 0)
+
+    consumer.highwaters = highwaters  # type: ignore[method-assign]
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[attr-defined]
+    monkeypatch.setattr(Positions, "STALL_AFTER_S", 0.05)
+    timers: list[Any] = []
+    watch_stalls(app_of(consumer), lambda interval, name, tick: timers.append(tick), positions)
+    (tick,) = timers
+    now[0] += 1
+    run(tick())  # returns: the call was given up
+    assert consumer.seeks == [] and consumer.asked == []
+    hang[0], consumer.ends[p0] = False, 160
+    for _ in range(2):  # behind at two asks CONFIRM_S apart
+        now[0] += Positions.CONFIRM_S
+        run(tick())
+    assert consumer.asked == [p0, p0] and consumer.seeks == [(p0, 100)]
 
 
 def test_a_seek_back_below_the_log_start_goes_on_from_the_log_start() -> None:
