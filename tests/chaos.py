@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from tests.processes import dump_stacks
 from undertow.infra import InfraError
 from undertow.infra.kafka import TopicSpec, ensure_topics
 from undertow.infra.process import wait_until
@@ -331,6 +332,9 @@ def run_chaos(stack: StackInfo, local: LocalStack, home: Path, config: ChaosConf
         if not failures:
             failures = check(report, warehouse, bootstrap, topics, fleet, env, records, config)
         report.failures = failures
+        if failures:  # each running worker's threads and tasks, into its log, before the kill
+            for worker in fleet.workers:
+                dump_stacks(worker.proc, worker.log_path)
     finally:
         fleet.stop_all()
         report.seconds = time.monotonic() - began

@@ -10,7 +10,12 @@ alone.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
+
+# Whether the test's own body failed, for fixtures that gather evidence before teardown.
+CALL_FAILED = pytest.StashKey[bool]()
 
 
 def _expected_seconds(item: pytest.Item) -> float:
@@ -20,3 +25,13 @@ def _expected_seconds(item: pytest.Item) -> float:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_expected_seconds, reverse=True)  # stable: the rest keep their order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report

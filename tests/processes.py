@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 UNDERTOW = [sys.executable, "-m", "undertow.cli"]
+
+
+def dump_stacks(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 15) -> str:
+    """What a running worker wrote to its log on SIGUSR1: the stacks of its threads and
+    asyncio tasks (Faust's worker, through mode, dumps them on that signal), to explain a
+    worker found stuck. Empty when it no longer runs or wrote nothing by ``timeout``."""
+    if proc.poll() is not None or not log_path.exists():
+        return ""
+    start = log_path.stat().st_size
+    proc.send_signal(signal.SIGUSR1)
+    deadline, size = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        with log_path.open("rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
+        if "THREAD" in text and len(text) == size:  # the dump began and has stopped growing
+            return text
+        size = len(text)
+        time.sleep(0.5)  # polling interval of a condition with a deadline
+    return ""
 
 
 class Processes:

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from tests.conftest import CALL_FAILED
+from tests.processes import dump_stacks
 from undertow.infra.process import wait_until
 from undertow.infra.stack import LocalStack, StackInfo
 from undertow.schemas.codec import AvroCodec
@@ -103,6 +105,7 @@ def events_topic(stack: StackInfo, run_id: str) -> str:
 
 @pytest.fixture()
 def workers(
+    request: pytest.FixtureRequest,
     stack: StackInfo,
     stack_settings: StackSettings,
     tmp_path: Path,
@@ -139,6 +142,10 @@ def workers(
         return worker
 
     yield start
+    if request.node.stash.get(CALL_FAILED, False):
+        for worker in started:  # a stuck worker's threads and tasks, into its log and here
+            if worker.proc is not None and (stacks := dump_stacks(worker.proc, worker.log_path)):
+                print(f"--- {worker.log_path.name}, on SIGUSR1:\n{stacks[-20_000:]}")
     for worker in started:
         if worker.alive:
             worker.kill()
