@@ -56,12 +56,13 @@ integration: setup
 e2e: setup
 	$(BIN)/python -m pytest tests/e2e
 
-# The unit lane first (no broker, under two minutes), so a broken build fails before the
-# stack starts; then the lanes on the real broker and warehouse, on two xdist workers with a
-# stack each (most of those tests wait on a broker, a warehouse or a subprocess), handed out
-# one test at a time, longest first (tests/conftest.py), with the slowest listed.
+# The unit lane first (no broker, on two xdist workers: about a minute), so a broken build
+# fails before the stack starts; then the lanes on the real broker and warehouse, on two
+# xdist workers with a stack each (most of those tests wait on a broker, a warehouse or a
+# subprocess), handed out one test at a time, longest first (tests/conftest.py), with the
+# slowest listed.
 test: lint typecheck
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit -n 2
 	$(BIN)/python -m pytest tests/integration tests/e2e -n 2 --dist load --maxschedchunk 1 \
 		--durations=15
 
