@@ -19,8 +19,23 @@ INCIDENTS = ("topic_shift", "injection", "toxicity", "cost_spike", "quality_regr
 
 
 def _run(args: list[str], home: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``undertow ARGS``; past ``timeout`` it gets SIGTERM, to stop what it started (a killed
+    demo would leave its workers and services running), then SIGKILL, and the test fails."""
     env = {**os.environ, "UNDERTOW_HOME": str(home), "COLUMNS": "250", "NO_COLOR": "1"}
-    return subprocess.run(UNDERTOW + args, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.Popen(
+        UNDERTOW + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"undertow {args[0]} still running after {timeout:.0f} s:\n{out[-6000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.long(seconds=270)

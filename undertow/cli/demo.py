@@ -4,6 +4,7 @@ incidents (:mod:`undertow.demo`)."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,9 @@ def demo(
     """
     from undertow.demo import run_demo
 
+    # SIGTERM (a supervisor, a test's timeout) unwinds like Ctrl-C, so the run stops the
+    # workers and services it started instead of leaving them running without it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Without a terminal (make demo piped or logged) rich would wrap the tables at 80 columns
     # and cut the incidents' names; a log has room for wide lines.
     wide = console.is_terminal or "COLUMNS" in os.environ
@@ -39,3 +43,7 @@ def demo(
     result = run_demo(StackSettings(), seed=seed, scale=scale, report_path=report, console=out)
     if result.caught < len(result.outcomes):
         raise typer.Exit(1)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
