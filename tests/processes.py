@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from undertow.infra import InfraError
+from undertow.infra.process import wait_until
 
 UNDERTOW = [sys.executable, "-m", "undertow.cli"]
 
@@ -19,16 +21,20 @@ def dump_stacks(proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 
         return ""
     start = log_path.stat().st_size
     proc.send_signal(signal.SIGUSR1)
-    deadline, size = time.monotonic() + timeout, -1
-    while time.monotonic() < deadline:
+    seen = [""]
+
+    def dumped() -> str | None:
         with log_path.open("rb") as log:
             log.seek(start)
             text = log.read().decode(errors="replace")
-        if "THREAD" in text and len(text) == size:  # the dump began and has stopped growing
-            return text
-        size = len(text)
-        time.sleep(0.5)  # polling interval of a condition with a deadline
-    return ""
+        done = "THREAD" in text and text == seen[0]  # the dump began and stopped growing
+        seen[0] = text
+        return text if done else None
+
+    try:
+        return wait_until(dumped, timeout, "a stack dump", interval=0.5)
+    except InfraError:
+        return ""
 
 
 class Processes:
